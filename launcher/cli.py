@@ -1,0 +1,268 @@
+"""The `swarm` command. Each command is a thin layer: parse, call, print.
+
+A user's mistake is one line on stderr and a non-zero exit (2 for bad input, 1 for a
+swarm that is not there); never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold an API key
+    help="Start and supervise a local swarm of Claude workers coordinated through Redis.",
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+SwarmOption = Annotated[
+    Optional[str], typer.Option("--swarm", "-s", help="Which swarm, if several are here.")
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"swarm: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(spec_path: Path):  # type: ignore[no-untyped-def]
+    from launcher.spec import SpecError, load
+
+    try:
+        return load(spec_path)
+    except SpecError as exc:
+        fail(str(exc), 2)
+
+
+def _locate(name: str | None):  # type: ignore[no-untyped-def]
+    from launcher.connect import NotRunning, locate
+    from launcher.state import NotFound
+
+    try:
+        return locate(name)
+    except (NotFound, NotRunning) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def up(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="The swarm spec (YAML).")],
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
+    wait: Annotated[float, typer.Option(help="With -d: seconds to wait for the workers.")] = 60.0,
+    notify_fd: Annotated[Optional[int], typer.Option(hidden=True)] = None,
+) -> None:
+    """Start the swarm described by SPEC and supervise it."""
+    from launcher import up as up_mod
+
+    spec = _load(spec_path)
+    try:
+        if detach:
+            pid, problem = up_mod.detach(spec, spec_path, wait)
+            if problem:
+                fail(f"swarm '{spec.name}' (pid {pid}): {problem}")
+            total = sum(p.workers for p in spec.pools.values())
+            out.print(f"swarm '{spec.name}' is up: {total} workers, supervisor pid {pid}. "
+                      "See 'swarm status'; stop with 'swarm down'.")
+            return
+        code = up_mod.run_foreground(spec, notify_fd=notify_fd)
+    except up_mod.UpError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    swarm: SwarmOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+) -> None:
+    """Who is alive and busy: every worker slot, read from Redis."""
+    import redis
+
+    from launcher.connect import NotRunning
+    from launcher.status import collect, render
+
+    found = _locate(swarm)
+    client = found.client()
+
+    def snapshot():  # type: ignore[no-untyped-def]
+        try:
+            return collect(client, found.name)
+        except NotRunning as exc:
+            fail(str(exc))
+        except redis.RedisError as exc:
+            fail(f"swarm '{found.name}' is not running (its Redis at {found.target} "
+                 f"does not answer: {exc})")
+
+    if not watch:
+        view = snapshot()
+        if as_json:
+            out.print_json(json.dumps(view))
+        else:
+            out.print(render(view))
+        return
+    from rich.live import Live
+
+    try:
+        with Live(render(snapshot()), console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(snapshot()), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def down(
+    swarm: SwarmOption = None,
+    now: Annotated[bool, typer.Option("--now", help="Do not wait for tasks to finish.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the swarm to stop.")] = 120.0,
+) -> None:
+    """Stop the swarm: workers finish or hand back their tasks, then everything exits."""
+    from launcher.connect import NotRunning, locate
+    from launcher.state import NotFound
+
+    try:
+        found = locate(swarm)
+    except NotRunning as exc:
+        fail(str(exc))
+    except NotFound as exc:
+        fail(str(exc))
+    pid = found.state.live_pid() if found.state else None
+    if found.state is not None and pid is None:
+        found.state.clear_runtime()
+        fail(f"swarm '{found.name}' is not running")
+    sent = _send_control(found, {"cmd": "down", "now": now})
+    if pid is not None:
+        os.kill(pid, signal.SIGQUIT if now else signal.SIGTERM)
+    elif not sent:
+        fail(f"swarm '{found.name}' is not running")
+    if not _wait_stopped(found, pid, timeout):
+        fail(f"swarm '{found.name}' did not stop within {timeout:g}s")
+    out.print(f"swarm '{found.name}' is down.")
+
+
+def _send_control(found, command: dict) -> bool:  # type: ignore[no-untyped-def]
+    import redis
+
+    from workers import keys
+
+    try:
+        found.client().rpush(keys.control(found.name), json.dumps(command))
+        return True
+    except redis.RedisError:
+        return False
+
+
+def _wait_stopped(found, pid: int | None, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    import redis
+
+    from launcher.state import pid_alive
+    from workers import keys
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid is not None:
+            if not pid_alive(pid):
+                return True
+        else:
+            try:
+                if found.client().hget(keys.meta(found.name), "state") in (None, "stopped"):
+                    return True
+            except redis.RedisError:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+@app.command()
+def scale(
+    pool: Annotated[str, typer.Argument(help="The pool to resize.")],
+    workers: Annotated[int, typer.Argument(help="How many workers it should have.", min=0)],
+    swarm: SwarmOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the supervisor.")] = 10.0,
+) -> None:
+    """Add or retire workers of one pool; no other worker is touched."""
+    import redis
+
+    from workers import keys
+
+    found = _locate(swarm)
+    client = found.client()
+    try:
+        pools = client.hgetall(keys.pools(found.name))
+        if pool not in pools:
+            known = ", ".join(sorted(pools)) or "none"
+            fail(f"swarm '{found.name}' has no pool {pool!r} (pools: {known})", 2)
+        before = int(pools[pool])
+        client.rpush(keys.control(found.name), json.dumps(
+            {"cmd": "scale", "pool": pool, "workers": workers}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if client.hget(keys.pools(found.name), pool) == str(workers):
+                out.print(f"{pool}: {before} -> {workers} workers")
+                return
+            time.sleep(0.05)
+    except redis.RedisError as exc:
+        fail(f"swarm '{found.name}' is not running ({exc})")
+    fail(f"the supervisor of '{found.name}' did not take the change within {timeout:g}s")
+
+
+@app.command()
+def logs(
+    worker: Annotated[Optional[str], typer.Argument(help="A worker id; default the supervisor.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
+    swarm: SwarmOption = None,
+) -> None:
+    """Show a worker's log (or the supervisor's)."""
+    from launcher.logview import show
+    from launcher.state import NotFound, find
+
+    try:
+        state = find(swarm)
+    except NotFound as exc:
+        fail(str(exc))
+    logs_dir = state.read_info().get("logs")
+    if not logs_dir:
+        fail(f"swarm '{state.name}' has no log folder recorded; has it ever run?")
+    path = Path(logs_dir) / f"{worker or 'supervisor'}.log"
+    if not path.exists():
+        known = sorted(p.stem for p in Path(logs_dir).glob("*.log"))
+        fail(f"no log for {worker or 'supervisor'!r} in {logs_dir} (have: {', '.join(known)})", 2)
+    try:
+        show(path, lines, follow)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec, for editors to validate swarm.yaml."""
+    from launcher.spec import SwarmSpec
+
+    out.print_json(json.dumps(SwarmSpec.model_json_schema()))
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # `swarm status | head`
+        sys.stderr.close()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Finding a swarm from another shell: the state directory here (or in a parent), a
+``--swarm NAME``, or ``SWARM_REDIS_URL`` for a swarm whose Redis is shared."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import redis
+
+from launcher.state import NotFound, StateDir, find
+from workers import keys
+from workers.redis_target import RedisTarget
+
+
+class NotRunning(Exception):
+    """The swarm exists but does not answer; ``str()`` is a one-line answer."""
+
+
+@dataclass
+class Found:
+    name: str
+    target: RedisTarget
+    state: StateDir | None
+
+    def client(self) -> redis.Redis:
+        return self.target.sync(socket_timeout=5.0, socket_connect_timeout=2.0)
+
+
+def locate(name: str | None) -> Found:
+    env_url = os.environ.get("SWARM_REDIS_URL")
+    try:
+        state: StateDir | None = find(name)
+    except NotFound:
+        if not env_url:
+            raise
+        state = None
+    if state is not None:
+        target = state.read_redis()
+        if target is not None:
+            return Found(state.name, target, state)
+        if not env_url:
+            raise NotRunning(f"swarm '{state.name}' is not running")
+    assert env_url is not None
+    target = RedisTarget.parse(env_url)
+    return Found(name or _only_swarm(target), target, state)
+
+
+def _only_swarm(target: RedisTarget) -> str:
+    try:
+        names = sorted(target.sync(socket_timeout=5.0).smembers(keys.REGISTRY))
+    except redis.RedisError as exc:
+        raise NotRunning(f"cannot reach Redis at {target}: {exc}") from None
+    if len(names) == 1:
+        return str(names[0])
+    if not names:
+        raise NotRunning(f"no swarm has registered in the Redis at {target}")
+    raise NotFound(f"several swarms in the Redis at {target} ({', '.join(names)}): "
+                   "choose one with --swarm NAME")

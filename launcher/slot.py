@@ -1,0 +1,100 @@
+"""One worker slot: a stable id (``<pool>-<n>``) whose process comes and goes.
+
+The restart policy lives here as plain logic on monotonic time, so it can be tested
+without processes: exponential backoff with jitter on every exit, reset after a stable
+run, and FATAL after too many restarts within a window.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from launcher.spec import Restart
+
+# States a slot can be in, as `swarm status` shows them. "idle" and "busy" come from
+# the worker itself once it is running.
+STARTING = "starting"
+RUNNING = "running"
+HUNG = "hung"  # heartbeat expired; being killed
+KILLING = "killing"  # over its memory limit; being killed
+RESTARTING = "restarting"  # exited; waiting out its backoff
+FATAL = "fatal"  # gave up: too many restarts within the window
+STOPPING = "stopping"  # asked to finish its work and exit (shutdown)
+RETIRING = "retiring"  # scaled away: finishing its work, will not come back
+STOPPED = "stopped"
+
+
+@dataclass
+class Slot:
+    pool: str
+    index: int
+    policy: Restart
+    generation: int = 0
+    pid: int | None = None
+    state: str = STARTING
+    started_at: float = 0.0  # monotonic, when the current process was forked
+    seen_beat: bool = False  # the current process has heartbeated at least once
+    next_start: float | None = 0.0  # monotonic time to (re)start at; None: not to start
+    restarts: int = 0
+    last_exit: str = ""
+    kill_at: float | None = None  # SIGKILL the tree at this time if still alive
+    rss: int = 0
+    cpu: float = 0.0
+    _attempt: int = 0
+    _recent: deque[float] = field(default_factory=deque)
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.pool}-{self.index}"
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None
+
+    def started(self, pid: int, now: float) -> None:
+        self.pid = pid
+        self.generation += 1
+        self.started_at = now
+        self.seen_beat = False
+        self.next_start = None
+        self.kill_at = None
+        self.rss = 0
+        self.cpu = 0.0
+        if self.state not in (RETIRING, STOPPING):
+            self.state = STARTING
+
+    def exited(self, reason: str, now: float) -> float | None:
+        """Record an exit; returns the backoff delay before the restart, or None if the
+        slot will not be restarted (retired, stopping, or FATAL)."""
+        self.pid = None
+        self.kill_at = None
+        self.last_exit = reason
+        if self.state in (RETIRING, STOPPING, STOPPED):
+            self.state = STOPPED
+            return None
+        if now - self.started_at >= self.policy.reset_after:
+            self._attempt = 0
+        while self._recent and now - self._recent[0] > self.policy.window:
+            self._recent.popleft()
+        if len(self._recent) >= self.policy.max_restarts:
+            self.state = FATAL
+            self.next_start = None
+            return None
+        delay = self.backoff()
+        self._attempt += 1
+        self._recent.append(now)
+        self.restarts += 1
+        self.state = RESTARTING
+        self.next_start = now + delay
+        return delay
+
+    def backoff(self) -> float:
+        """initial * 2**attempt, capped at max, with jitter in [50%, 100%] of that."""
+        b = self.policy.backoff
+        ceiling = min(b.max, b.initial * (2 ** min(self._attempt, 62)))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def due(self, now: float) -> bool:
+        return self.pid is None and self.next_start is not None and now >= self.next_start

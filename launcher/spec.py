@@ -1,0 +1,329 @@
+"""The swarm spec: YAML in, typed and validated models out.
+
+Every mistake becomes a :class:`SpecError` whose text is one line naming the file, the
+line and the field, e.g. ``swarm.yaml:7: pools.haiku.workers: must be >= 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from launcher.units import Duration, Size
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,62}$")
+IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class SpecError(Exception):
+    """A user's mistake in the spec; ``str()`` is the whole one-line message."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class Heartbeat(_Model):
+    expiry: Duration = Field(15.0, gt=0, description="a worker silent this long is hung")
+    interval: Duration | None = Field(
+        None, gt=0, description="how often a worker beats; default a third of expiry"
+    )
+
+    @model_validator(mode="after")
+    def _interval_inside_expiry(self) -> Heartbeat:
+        if self.interval is None:
+            self.interval = self.expiry / 3
+        elif self.interval > self.expiry / 2:
+            raise ValueError(
+                f"interval ({self.interval:g}s) must be at most half of expiry "
+                f"({self.expiry:g}s), or a busy worker will be taken for a hung one"
+            )
+        return self
+
+
+class Backoff(_Model):
+    initial: Duration = Field(0.1, gt=0)
+    max: Duration = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Backoff:
+        if self.max < self.initial:
+            raise ValueError(f"max ({self.max:g}s) must be >= initial ({self.initial:g}s)")
+        return self
+
+
+class Restart(_Model):
+    backoff: Backoff = Field(default_factory=Backoff)
+    max_restarts: int = Field(5, ge=0, description="give up after more restarts than this ...")
+    window: Duration = Field(60.0, gt=0, description="... within this window")
+    reset_after: Duration = Field(
+        30.0, gt=0, description="a worker that ran this long resets its backoff"
+    )
+
+
+class Pool(_Model):
+    model: str = Field(min_length=1, description="the Claude model id")
+    workers: int = Field(1, ge=1, le=4096)
+    concurrency: int = Field(1, ge=1, le=10_000, description="tasks in flight per worker")
+    heartbeat: Heartbeat = Field(default_factory=Heartbeat)
+    restart: Restart = Field(default_factory=Restart)
+    memory_limit: Size | None = Field(None, gt=0, description="RSS of one worker's tree")
+    task_timeout: Duration = Field(600.0, gt=0)
+    workdir: Path = Path(".")
+    env: dict[str, str] = Field(default_factory=dict)
+    on_start: str | None = Field(
+        None, description="'module:function' called in each worker once it has booted"
+    )
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_as_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, str) else _yaml_scalar(v) for k, v in value.items()}
+        return value
+
+    @field_validator("on_start")
+    @classmethod
+    def _import_string(cls, value: str | None) -> str | None:
+        if value is not None and not IMPORT_STRING.match(value):
+            raise ValueError(f"must look like 'package.module:function', not {value!r}")
+        return value
+
+
+class Logs(_Model):
+    dir: Path = Path("logs")
+    max_bytes: Size = Field(10_000_000, ge=1024)
+    backups: int = Field(3, ge=0, le=100)
+
+
+class SwarmSpec(_Model):
+    name: str = Field("swarm", description="names the swarm in Redis and in .swarm/")
+    redis: str = Field(
+        "embedded", description="'embedded' for a private server, or a redis:// URL"
+    )
+    state_dir: Path = Field(Path(".swarm"), description="pid file, embedded Redis, sockets")
+    logs: Logs = Field(default_factory=Logs)
+    stop_grace: Duration = Field(
+        30.0, ge=0, description="on shutdown, how long workers may finish their tasks"
+    )
+    kill_grace: Duration = Field(
+        2.0, ge=0, description="after the polite signal, how long before SIGKILL"
+    )
+    pools: dict[str, Pool] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError("must be letters, digits, '_', '.', '-' (at most 63)")
+        return value
+
+    @field_validator("redis")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        if value != "embedded" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be 'embedded' or a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, value: dict[str, Pool]) -> dict[str, Pool]:
+        for name in value:
+            if not POOL_NAME.match(str(name)):
+                raise ValueError(f"pool name {name!r} must be letters, digits and '_'")
+        return value
+
+    # Filled in by load(); not part of the file.
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
+    def pool_of(self, worker_id: str) -> str:
+        return worker_id.rsplit("-", 1)[0]
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- loading -----------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Loc = tuple[Any, ...]
+
+
+def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> SwarmSpec:
+    """Read, expand and validate a spec file; relative paths are taken from its folder."""
+    path = Path(path)
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{label}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{label}: cannot read: {exc}") from None
+    data, lines = _read_yaml(text, label)
+    data = _expand(data, (), lines, label, os.environ if environ is None else environ)
+    try:
+        spec = SwarmSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, lines, label) from None
+    _resolve(spec, path, lines, label)
+    return spec
+
+
+def _resolve(spec: SwarmSpec, path: Path, lines: dict[Loc, int], label: str) -> None:
+    base = path.resolve().parent
+    spec._source = path.resolve()
+    spec.state_dir = (base / spec.state_dir).resolve()
+    spec.logs.dir = (base / spec.logs.dir).resolve()
+    for name, pool in spec.pools.items():
+        pool.workdir = (base / pool.workdir).resolve()
+        if not pool.workdir.is_dir():
+            loc = ("pools", name, "workdir")
+            raise SpecError(
+                f"{label}:{_line_of(loc, lines)}: {_dotted(loc)}: no such directory: {pool.workdir}"
+            )
+
+
+def _read_yaml(text: str, label: str) -> tuple[Any, dict[Loc, int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(f"{label}:1: the spec is empty")
+        lines: dict[Loc, int] = {(): node.start_mark.line + 1}
+        _index_lines(node, (), lines, label)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise SpecError(f"{label}:{line}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{label}: invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise SpecError(f"{label}:{lines[()]}: the spec must be a mapping of fields")
+    return data, lines
+
+
+def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], label: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen and key != "<<":
+                line = key_node.start_mark.line + 1
+                raise SpecError(f"{label}:{line}: {_dotted(loc + (key,))}: duplicate key")
+            seen.add(key)
+            lines[loc + (key,)] = key_node.start_mark.line + 1
+            _index_lines(value_node, loc + (key,), lines, label)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[loc + (index,)] = item.start_mark.line + 1
+            _index_lines(item, loc + (index,), lines, label)
+
+
+def _expand(value: Any, loc: Loc, lines: dict[Loc, int], label: str, environ: Any) -> Any:
+    """``${VAR}`` and ``${VAR:-default}`` in every string value (not in keys)."""
+    if isinstance(value, dict):
+        return {k: _expand(v, loc + (k,), lines, label, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, loc + (i,), lines, label, environ) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = environ.get(name)
+        if found not in (None, ""):
+            return str(found)
+        if default is not None:
+            return default
+        line = _line_of(loc, lines)
+        raise SpecError(f"{label}:{line}: {_dotted(loc)}: environment variable {name} is not set")
+
+    return _VAR.sub(substitute, value)
+
+
+def _first_error(exc: ValidationError, lines: dict[Loc, int], label: str) -> SpecError:
+    found = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        found.append((_line_of(loc, lines), _dotted(loc), _message(err)))
+    found.sort(key=lambda item: item[0])
+    line, field, message = found[0]
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    where = f"{field}: " if field else ""
+    return SpecError(f"{label}:{line}: {where}{message}{more}")
+
+
+def _line_of(loc: Loc, lines: dict[Loc, int]) -> int:
+    while loc not in lines:
+        loc = loc[:-1]
+    return lines[loc]
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown field",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "path_type": "must be a path",
+}
+
+
+def _message(err: Any) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    for bound, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if bound in ctx and kind.startswith(("greater", "less")):
+            return f"must be {op} {ctx[bound]}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    msg = str(err["msg"])
+    return msg[:1].lower() + msg[1:]
+
+
+def iter_worker_ids(spec: SwarmSpec) -> Iterator[tuple[str, str]]:
+    """(pool, worker id) for every slot the spec asks for, in a stable order."""
+    for pool_name, pool in spec.pools.items():
+        for index in range(1, pool.workers + 1):
+            yield pool_name, f"{pool_name}-{index}"

@@ -1,0 +1,171 @@
+"""The swarm's state directory (``.swarm/<name>/``, mode 0700): how other shells find a
+running swarm. It holds the supervisor's pid file, where Redis is (``redis.json``, no
+secrets) and the Redis password (``redis.pass``, mode 0600)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.redis_target import RedisTarget
+
+STATE_DIRNAME = ".swarm"
+
+
+class NotFound(Exception):
+    """No swarm could be found; ``str()`` is a one-line answer for the user."""
+
+
+@dataclass(frozen=True)
+class StateDir:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / "supervisor.pid"
+
+    @property
+    def redis_file(self) -> Path:
+        return self.path / "redis.json"
+
+    @property
+    def password_file(self) -> Path:
+        return self.path / "redis.pass"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.path / "redis"
+
+    @property
+    def info_file(self) -> Path:
+        """Where the spec and the logs are; kept after the swarm stops."""
+        return self.path / "swarm.json"
+
+    @property
+    def out_file(self) -> Path:
+        """stdout/stderr of a detached supervisor (what it printed before logging)."""
+        return self.path / "supervisor.out"
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        os.chmod(self.path.parent, 0o700)
+
+    # --- pid -----------------------------------------------------------------------
+
+    def write_pid(self, pid: int) -> None:
+        _write_private(self.pid_file, f"{pid}\n")
+
+    def read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def live_pid(self) -> int | None:
+        """The supervisor's pid if that process still runs swarm."""
+        pid = self.read_pid()
+        if pid is None or not pid_alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return pid
+        return pid if b"swarm" in cmdline or b"launcher" in cmdline else None
+
+    def write_info(self, **info: str) -> None:
+        _write_private(self.info_file, json.dumps(info))
+
+    def read_info(self) -> dict[str, str]:
+        try:
+            return dict(json.loads(self.info_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    # --- redis ---------------------------------------------------------------------
+
+    def write_redis(self, target: RedisTarget, embedded: bool) -> None:
+        _write_private(self.redis_file, json.dumps({"url": target.url, "embedded": embedded}))
+        if target.password is not None:
+            _write_private(self.password_file, target.password)
+        else:
+            self.password_file.unlink(missing_ok=True)
+
+    def read_redis(self) -> RedisTarget | None:
+        try:
+            info = json.loads(self.redis_file.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            password: str | None = self.password_file.read_text()
+        except OSError:
+            password = None
+        return RedisTarget(info["url"], password)
+
+    def clear_runtime(self) -> None:
+        for path in (self.pid_file, self.redis_file, self.password_file):
+            path.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def for_spec(state_dir: Path, name: str) -> StateDir:
+    return StateDir(state_dir / name)
+
+
+def find(name: str | None, start: Path | None = None) -> StateDir:
+    """The state directory of swarm ``name`` (or the only one) in ``start`` or a parent."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        root = folder / STATE_DIRNAME
+        if root.is_dir():
+            return _pick(root, name)
+    raise NotFound(
+        f"no swarm found: no {STATE_DIRNAME}/ in {here} or its parents "
+        "(run 'swarm up SPEC' here, or set SWARM_REDIS_URL)"
+    )
+
+
+def _pick(root: Path, name: str | None) -> StateDir:
+    if name is not None:
+        state = StateDir(root / name)
+        if not state.path.is_dir():
+            known = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "none"
+            raise NotFound(f"no swarm named {name!r} in {root} (known: {known})")
+        return state
+    found = sorted(p for p in root.iterdir() if p.is_dir())
+    running = [p for p in found if StateDir(p).live_pid() is not None]
+    candidates = running or found
+    if len(candidates) == 1:
+        return StateDir(candidates[0])
+    if not candidates:
+        raise NotFound(f"no swarm found in {root}")
+    names = ", ".join(p.name for p in candidates)
+    raise NotFound(f"several swarms in {root} ({names}): choose one with --swarm NAME")

@@ -1,0 +1,104 @@
+"""Human units in the spec: durations (``500ms``, ``5s``, ``2m``, ``1h30m``) and sizes
+(``512MB``, ``1GiB``). Bare numbers are seconds and bytes."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, WithJsonSchema
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds as a float; raises ValueError with a message fit for a user."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like 500ms, 5s or 2m")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    raise ValueError(f"must be a duration like 500ms, 5s or 2m, not {value!r}")
+
+
+def parse_size(value: Any) -> int:
+    """Bytes as an int. KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size like 512MB or 1GiB")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return int(value)
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip())
+        if match:
+            unit = (match.group(2) or "").lower()
+            if unit in _SIZE_UNITS:
+                return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    raise ValueError(f"must be a size like 512MB or 1GiB, not {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:g}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_size(num: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(num) < 1024 or unit == "GiB":
+            return f"{num:.0f}{unit}" if unit == "B" else f"{num:.1f}{unit}"
+        num /= 1024
+    return f"{num:.1f}GiB"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h)?)+\s*$"},
+            ],
+            "description": "seconds, or a duration like 500ms, 5s, 2m, 1h30m",
+        }
+    ),
+]
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KkMmGgTt][Ii]?[Bb]?|[Bb])?\s*$"},
+            ],
+            "description": "bytes, or a size like 512MB (powers of 1000) or 1GiB (powers of 1024)",
+        }
+    ),
+]

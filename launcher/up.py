@@ -1,0 +1,173 @@
+"""`swarm up`: bring a swarm up in the foreground, or detached in the background.
+
+Detached, the parent re-runs ``swarm up`` in a new session with a pipe to hear back
+on, and returns once every worker has heartbeated (or prints why not)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from launcher.logfiles import SUPERVISOR_FORMAT, rotating
+from launcher.redis_server import EmbeddedRedis, RedisStartError
+from launcher.spec import SwarmSpec
+from launcher.state import StateDir
+from workers.redis_target import RedisTarget
+
+
+class UpError(Exception):
+    """`swarm up` cannot proceed; ``str()`` is a one-line reason."""
+
+
+def state_of(spec: SwarmSpec) -> StateDir:
+    return StateDir(spec.state_dir / spec.name)
+
+
+def check_not_running(state: StateDir) -> None:
+    pid = state.live_pid()
+    if pid is not None:
+        raise UpError(f"swarm '{state.name}' is already running (supervisor pid {pid})")
+
+
+def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = True) -> int:
+    from launcher.supervisor import Supervisor
+
+    state = state_of(spec)
+    check_not_running(state)
+    state.create()
+    spec.logs.dir.mkdir(parents=True, exist_ok=True)
+    view = _live_view() if live and notify_fd is None and sys.stdout.isatty() else None
+    _setup_logging(spec, console=notify_fd is None, live=view)
+    notify = _notifier(notify_fd)
+    embedded = None
+    try:
+        target, embedded = _connect(spec, state)
+    except UpError as exc:
+        notify(str(exc))
+        raise
+    state.write_redis(target, embedded is not None)
+    state.write_pid(os.getpid())
+    state.write_info(spec=str(spec.source), logs=str(spec.logs.dir), name=spec.name)
+    _preload()
+    sup = Supervisor(spec, state, target, embedded=embedded, on_ready=notify,
+                     on_tick=view.update if view else None)
+    try:
+        if view:
+            with view.live:
+                return sup.run()
+        return sup.run()
+    except BaseException:
+        if embedded:
+            embedded.stop()
+        state.clear_runtime()
+        raise
+
+
+def _connect(spec: SwarmSpec, state: StateDir) -> tuple[RedisTarget, EmbeddedRedis | None]:
+    url = os.environ.get("SWARM_REDIS_URL") or (None if spec.redis == "embedded" else spec.redis)
+    if url is None:
+        embedded = EmbeddedRedis(state, spec.logs.dir / "redis.log")
+        try:
+            return embedded.start(), embedded
+        except RedisStartError as exc:
+            raise UpError(str(exc)) from None
+    target = RedisTarget.parse(url)
+    try:
+        target.sync(socket_timeout=5.0, socket_connect_timeout=5.0).ping()
+    except redis.RedisError as exc:
+        raise UpError(f"cannot reach Redis at {target}: {exc}") from None
+    return target, None
+
+
+def _preload() -> None:
+    """Import the worker's heavy modules once, here, so every fork shares them."""
+    import workers.worker  # noqa: F401
+
+    try:
+        import anthropic  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _setup_logging(spec: SwarmSpec, console: bool, live: object | None) -> None:
+    logger = logging.getLogger("swarm")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.handlers[:] = [rotating(spec.logs.dir / "supervisor.log", spec.logs, SUPERVISOR_FORMAT)]
+    if live is not None:
+        logger.addHandler(live.handler)  # type: ignore[attr-defined]
+    elif console:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+
+
+def _notifier(fd: int | None):  # type: ignore[no-untyped-def]
+    def notify(problem: str | None) -> None:
+        if fd is None:
+            return
+        message = "ready\n" if problem is None else f"error: {problem}\n"
+        try:
+            os.write(fd, message.encode())
+            os.close(fd)
+        except OSError:
+            pass
+
+    return notify
+
+
+def _live_view():  # type: ignore[no-untyped-def]
+    from launcher.live import LiveView
+
+    return LiveView()
+
+
+def detach(spec: SwarmSpec, spec_path: Path, timeout: float) -> tuple[int, str | None]:
+    """Start the supervisor in the background; returns (pid, problem or None)."""
+    state = state_of(spec)
+    check_not_running(state)
+    state.create()
+    read_fd, write_fd = os.pipe()
+    fd = os.open(state.out_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher.cli", "up", str(spec_path),
+             "--notify-fd", str(write_fd)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            pass_fds=[write_fd], start_new_session=True, close_fds=True,
+        )
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout
+    answer = b""
+    try:
+        while b"\n" not in answer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return proc.pid, f"workers not all up after {timeout:g}s (see swarm status)"
+            ready, _, _ = select.select([read_fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                code = proc.wait(timeout=5)
+                return proc.pid, f"supervisor exited with code {code}: {_last_line(state.out_file)}"
+            answer += chunk
+    finally:
+        os.close(read_fd)
+    line = answer.decode().strip()
+    return proc.pid, None if line == "ready" else line.removeprefix("error: ")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1] if lines else "no output"

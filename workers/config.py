@@ -1,0 +1,32 @@
+"""What a worker process is told when it starts. Built by the launcher from the spec,
+handed over across fork, so the worker never reads the spec itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workers.redis_target import RedisTarget
+
+# Exit codes a worker uses to say why it stopped (anything else is a crash).
+EXIT_OK = 0
+EXIT_BOOT_FAILED = 3  # on_start hook or Redis login failed before the first beat
+EXIT_ORPHANED = 4  # the supervisor vanished
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    swarm: str
+    worker_id: str
+    pool: str
+    generation: int
+    redis: RedisTarget
+    model: str = ""
+    concurrency: int = 1
+    heartbeat_interval: float = 5.0
+    heartbeat_expiry: float = 15.0
+    task_timeout: float = 600.0
+    stop_grace: float = 30.0
+    workdir: str = "."
+    env: dict[str, str] = field(default_factory=dict)
+    on_start: str | None = None
+    parent_pid: int | None = None

@@ -1,0 +1,87 @@
+"""Every Redis key and channel name swarm uses, and nothing else.
+
+Two families live here:
+
+* the seed protocol's names (``worker:status:{id}``, ``task:{id}``, ``finding:{id}``,
+  ``channel:*``, ``cost:{family}``), which existing coordinators speak and which keep
+  their meaning exactly;
+* swarm's own names, all under ``swarm:{name}:`` so several swarms can share one server.
+
+docs/protocol.md documents each one; keep the two in step.
+"""
+
+from __future__ import annotations
+
+# --- the seed protocol -------------------------------------------------------------
+
+CHANNEL_TASKS = "channel:tasks"
+CHANNEL_FINDINGS = "channel:findings"
+CHANNEL_COMPLETIONS = "channel:completions"
+CONTEXT_ACTIVE = "context:active"
+
+
+def heartbeat(worker_id: str) -> str:
+    """The seed's heartbeat: an ISO-8601 timestamp that expires on its own."""
+    return f"worker:status:{worker_id}"
+
+
+def task(task_id: str) -> str:
+    return f"task:{task_id}"
+
+
+def task_claimed(task_id: str) -> str:
+    return f"task:{task_id}:claimed"
+
+
+def task_result(task_id: str) -> str:
+    return f"task:{task_id}:result"
+
+
+def finding(finding_id: str) -> str:
+    return f"finding:{finding_id}"
+
+
+def seed_cost(family: str) -> str:
+    return f"cost:{family}"
+
+
+# --- swarm's own -------------------------------------------------------------------
+
+REGISTRY = "swarm:registry"  # set of swarm names known to this server
+
+
+def _ns(swarm: str) -> str:
+    return f"swarm:{swarm}"
+
+
+def meta(swarm: str) -> str:
+    """Hash: the supervisor's pid, host, state, start time, spec path."""
+    return f"{_ns(swarm)}:meta"
+
+
+def pools(swarm: str) -> str:
+    """Hash: pool name -> target worker count."""
+    return f"{_ns(swarm)}:pools"
+
+
+def slots(swarm: str) -> str:
+    """Hash: worker id -> JSON of what the supervisor knows (pid, state, rss, ...)."""
+    return f"{_ns(swarm)}:slots"
+
+
+def worker(swarm: str, worker_id: str) -> str:
+    """Hash: what the worker itself reports (state, current task, done, failed)."""
+    return f"{_ns(swarm)}:worker:{worker_id}"
+
+
+def events(swarm: str) -> str:
+    """Stream, capped: starts, exits, hangs, memory kills, restarts, give-ups."""
+    return f"{_ns(swarm)}:events"
+
+
+def control(swarm: str) -> str:
+    """List: commands for the supervisor (scale, down), RPUSHed as JSON."""
+    return f"{_ns(swarm)}:control"
+
+
+EVENTS_MAXLEN = 10_000

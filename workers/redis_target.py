@@ -1,0 +1,49 @@
+"""Where Redis is and how to log in, with the password kept out of every printable form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    url: str  # never holds the password
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, url: str) -> RedisTarget:
+        """Split a URL that may carry ``user:password@`` into a clean URL and a password."""
+        parts = urlsplit(url)
+        if parts.password is None:
+            return cls(url)
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        netloc = f"{user}@{host}" if user else host
+        return cls(urlunsplit(parts._replace(netloc=netloc)), parts.password)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def _kwargs(self) -> dict[str, object]:
+        kwargs: dict[str, object] = {"decode_responses": True, "health_check_interval": 0}
+        if self.password is not None:
+            kwargs["password"] = self.password
+        return kwargs
+
+    def sync(self, **extra: object) -> redis.Redis:
+        import redis
+
+        return redis.Redis.from_url(self.url, **{**self._kwargs(), **extra})
+
+    def aio(self, **extra: object) -> redis.asyncio.Redis:
+        import redis.asyncio
+
+        return redis.asyncio.Redis.from_url(self.url, **{**self._kwargs(), **extra})

@@ -1,0 +1,165 @@
+"""The worker process: one asyncio loop that heartbeats and runs tasks.
+
+The heartbeat is a coroutine on the same loop as the work, so a worker whose loop is
+blocked (a synchronous call that never returns, a deadlock) stops beating even though
+its process is alive, and the supervisor sees it as hung.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from workers import keys
+from workers.config import EXIT_BOOT_FAILED, EXIT_OK, EXIT_ORPHANED, WorkerConfig
+
+log = logging.getLogger("swarm.worker")
+
+
+def run(cfg: WorkerConfig) -> int:
+    """Entry point in a fresh worker process; returns the exit code."""
+    _setup_logging(cfg)
+    faulthandler.enable()  # SIGABRT (sent for a hang) dumps every thread's stack first
+    os.environ.update(cfg.env)
+    try:
+        os.chdir(cfg.workdir)
+    except OSError as exc:
+        log.error("cannot enter workdir %s: %s", cfg.workdir, exc)
+        return EXIT_BOOT_FAILED
+    return asyncio.run(Worker(cfg).main())
+
+
+def _setup_logging(cfg: WorkerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s %(levelname)s {cfg.worker_id}#{cfg.generation} %(message)s"
+        )
+    )
+    # Forked from the supervisor: drop the handlers we inherited (its log file).
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            logger.handlers.clear()
+            logger.propagate = True
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.state = "starting"
+        self.current_task = ""
+        self.done = 0
+        self.failed = 0
+        self.stopping = asyncio.Event()
+        self._status_key = keys.worker(cfg.swarm, cfg.worker_id)
+        self._beat_key = keys.heartbeat(cfg.worker_id)
+        self._beat_ms = max(1, int(cfg.heartbeat_expiry * 1000))
+        self._redis_down_logged = False
+        self.redis: Any = None
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        self.redis = self.cfg.redis.aio(socket_timeout=max(1.0, self.cfg.heartbeat_interval))
+        try:
+            if not await self._boot():
+                return EXIT_BOOT_FAILED
+            beating = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+            await self.stopping.wait()
+            self.state = "stopping"
+            await self._beat()
+            beating.cancel()
+            await self._say_goodbye()
+            return EXIT_OK
+        finally:
+            await self.redis.aclose()
+
+    async def _boot(self) -> bool:
+        try:
+            await self.redis.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to reach Redis stops boot
+            log.error("cannot reach Redis at %s: %s", self.cfg.redis, exc)
+            return False
+        if self.cfg.on_start:
+            try:
+                result = _import_string(self.cfg.on_start)(self)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("on_start hook %s failed", self.cfg.on_start)
+                return False
+        self.state = "idle"
+        await self._beat()
+        log.info("started pid=%d pool=%s", os.getpid(), self.cfg.pool)
+        return True
+
+    def request_stop(self, sig: int | None = None) -> None:
+        if not self.stopping.is_set():
+            name = signal.Signals(sig).name if sig else "request"
+            log.info("stopping (%s): finishing current work", name)
+            self.stopping.set()
+
+    # --- heartbeat -----------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+            if self.cfg.parent_pid is not None and os.getppid() != self.cfg.parent_pid:
+                log.error("supervisor (pid %d) is gone; exiting", self.cfg.parent_pid)
+                os._exit(EXIT_ORPHANED)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """The seed's heartbeat (a timestamp that expires) plus this worker's own report,
+        in one round trip."""
+        now = datetime.now(timezone.utc).isoformat()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self._beat_key, now, px=self._beat_ms)
+        pipe.hset(self._status_key, mapping=self._report(now))
+        try:
+            await pipe.execute()
+            if self._redis_down_logged:
+                log.info("Redis is back")
+                self._redis_down_logged = False
+        except Exception as exc:  # noqa: BLE001 - Redis down: keep working, say so once
+            if not self._redis_down_logged:
+                log.warning("heartbeat failed, Redis unreachable: %s", exc)
+                self._redis_down_logged = True
+
+    def _report(self, now: str) -> dict[str, str | int]:
+        return {
+            "state": self.state,
+            "task": self.current_task,
+            "done": self.done,
+            "failed": self.failed,
+            "pid": os.getpid(),
+            "generation": self.cfg.generation,
+            "beat": now,
+        }
+
+    async def _say_goodbye(self) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(self._beat_key)
+            pipe.hset(self._status_key, "state", "stopped")
+            await pipe.execute()
+        except Exception:  # noqa: BLE001 - leaving anyway; the key expires by itself
+            pass
+        log.info("stopped")
+
+
+def _import_string(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
