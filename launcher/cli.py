@@ -257,10 +257,15 @@ def schema() -> None:
 
 
 def main() -> None:
+    import redis
+
     try:
         app()
     except BrokenPipeError:  # `swarm status | head`
         sys.stderr.close()
+        sys.exit(1)
+    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
+        err.print(f"swarm: Redis: {exc}", markup=False)
         sys.exit(1)
 
 

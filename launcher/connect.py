@@ -42,7 +42,10 @@ def locate(name: str | None) -> Found:
         if not env_url:
             raise NotRunning(f"swarm '{state.name}' is not running")
     assert env_url is not None
-    target = RedisTarget.parse(env_url)
+    try:
+        target = RedisTarget.parse(env_url)
+    except ValueError as exc:
+        raise NotFound(f"SWARM_REDIS_URL: {exc}") from None
     return Found(name or _only_swarm(target), target, state)
 
 

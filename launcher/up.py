@@ -71,17 +71,21 @@ def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = T
 
 
 def _connect(spec: SwarmSpec, state: StateDir) -> tuple[RedisTarget, EmbeddedRedis | None]:
-    url = os.environ.get("SWARM_REDIS_URL") or (None if spec.redis == "embedded" else spec.redis)
+    env_url = os.environ.get("SWARM_REDIS_URL")
+    url = env_url or (None if spec.redis == "embedded" else spec.redis)
     if url is None:
         embedded = EmbeddedRedis(state, spec.logs.dir / "redis.log")
         try:
             return embedded.start(), embedded
         except RedisStartError as exc:
             raise UpError(str(exc)) from None
-    target = RedisTarget.parse(url)
+    try:
+        target = RedisTarget.parse(url)
+    except ValueError as exc:
+        raise UpError(f"{'SWARM_REDIS_URL' if env_url else 'redis'}: {exc}") from None
     try:
         target.sync(socket_timeout=5.0, socket_connect_timeout=5.0).ping()
-    except redis.RedisError as exc:
+    except (redis.RedisError, ValueError, OSError) as exc:
         raise UpError(f"cannot reach Redis at {target}: {exc}") from None
     return target, None
 

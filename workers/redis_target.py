@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
+
+
+SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,9 @@ class RedisTarget:
     @classmethod
     def parse(cls, url: str) -> RedisTarget:
         """Split a URL that may carry ``user:password@`` into a clean URL and a password."""
+        if not url.startswith(SCHEMES):
+            # never echo the URL: it may hold a password
+            raise ValueError("a Redis URL must start with " + ", ".join(SCHEMES))
         parts = urlsplit(url)
         if parts.password is None:
             return cls(url)
@@ -27,7 +33,10 @@ class RedisTarget:
         if parts.port:
             host = f"{host}:{parts.port}"
         netloc = f"{user}@{host}" if user else host
-        return cls(urlunsplit(parts._replace(netloc=netloc)), parts.password)
+        clean = f"{parts.scheme}://{netloc}{parts.path}"
+        if parts.query:
+            clean += f"?{parts.query}"
+        return cls(clean, parts.password)
 
     def __str__(self) -> str:
         return self.url

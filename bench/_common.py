@@ -1,0 +1,345 @@
+"""Helpers shared by the benchmark scripts in bench/ (not a benchmark itself).
+
+Everything a benchmark starts lives in a temporary folder and is stopped by the
+``close()`` of the object that started it; ``processes_under`` is the last resort that
+kills anything still running with its working directory in that folder.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PYTHON = sys.executable
+SWARM_CLI = [PYTHON, "-m", "launcher.cli"]
+SWARM_SCRIPT = str(Path(PYTHON).with_name("swarm"))  # the console script users type
+STANDALONE = str(BENCH / "standalone_worker.py")
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from launcher.state import StateDir  # noqa: E402
+from workers import keys  # noqa: E402
+
+
+# --- running, stopping, cleaning up ------------------------------------------------
+
+
+def sigterm_exits() -> None:
+    """Make SIGTERM run the ``finally`` blocks that stop what a benchmark started."""
+
+    def _exit(sig: int, _frame: Any) -> None:
+        raise SystemExit(128 + sig)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("SWARM_REDIS_URL", None)
+    env["COLUMNS"] = "200"
+    env.update(extra)
+    return env
+
+
+def processes_under(folder: Path) -> list[psutil.Process]:
+    """Every live process whose working directory is inside ``folder``."""
+    found = []
+    folder = folder.resolve()
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cwd = Path(proc.cwd())
+        except (psutil.Error, OSError):
+            continue
+        if cwd == folder or folder in cwd.parents:
+            found.append(proc)
+    return found
+
+
+def kill_leftovers(folder: Path) -> int:
+    procs = processes_under(folder)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+    return len(procs)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001 - not ready yet
+            value, last = None, exc
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(every)
+
+
+# --- a swarm under test ------------------------------------------------------------
+
+
+def pool_yaml(name: str, workers: int, *, expiry: str = "15s", interval: str | None = None,
+              backoff_initial: str = "100ms", backoff_max: str = "30s",
+              max_restarts: int = 5, window: str = "60s", reset_after: str = "30s",
+              model: str = "claude-haiku-4-5") -> str:
+    beat = f"{{expiry: {expiry}" + (f", interval: {interval}" if interval else "") + "}"
+    return textwrap.dedent(f"""\
+        {name}:
+          model: {model}
+          workers: {workers}
+          heartbeat: {beat}
+          restart:
+            backoff: {{initial: {backoff_initial}, max: {backoff_max}}}
+            max_restarts: {max_restarts}
+            window: {window}
+            reset_after: {reset_after}
+        """)
+
+
+class SwarmRun:
+    """A spec in a temporary folder and the supervisor running it.
+
+    By default started the way a user does, ``swarm up -d SPEC`` (which returns once
+    every worker has heartbeated). With ``launcher`` (argv of a wrapper that behaves like
+    ``python -m launcher.cli``) the supervisor runs in the foreground as our child and
+    readiness is polled from Redis instead.
+    """
+
+    def __init__(self, name: str, pools: str, *, stop_grace: str = "5s",
+                 kill_grace: str = "1s", launcher: list[str] | None = None) -> None:
+        self.name = name
+        self.folder = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
+        self.spec_path = self.folder / "swarm.yaml"
+        self.spec_path.write_text(
+            f"name: {name}\nstop_grace: {stop_grace}\nkill_grace: {kill_grace}\n"
+            "pools:\n" + textwrap.indent(pools, "  ")
+        )
+        self.launcher = launcher
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self._client: Any = None
+
+    @property
+    def state(self) -> StateDir:
+        return StateDir(self.folder / ".swarm" / self.name)
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SWARM_CLI, *args], cwd=self.folder, env=cli_env(), capture_output=True,
+            text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    def start(self, expected_workers: int, timeout: float = 600) -> SwarmRun:
+        t0 = time.perf_counter()
+        if self.launcher is None:
+            done = self.cli("up", "-d", "--wait", str(timeout), str(self.spec_path),
+                            timeout=timeout + 30)
+            if done.returncode != 0:
+                raise RuntimeError(f"swarm up -d failed: {done.stderr or done.stdout}")
+        else:
+            out = open(self.folder / "up.out", "wb")
+            self.proc = subprocess.Popen(
+                [*self.launcher, "up", str(self.spec_path)], cwd=self.folder, env=cli_env(),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            out.close()
+            wait_for(lambda: self.all_beating(expected_workers), timeout, "every worker to beat",
+                     every=0.2)
+        self.startup_seconds = time.perf_counter() - t0
+        self.pid = self.state.read_pid()
+        return self
+
+    def client(self) -> Any:
+        if self._client is None:
+            target = self.state.read_redis()
+            if target is None:
+                raise RuntimeError("the swarm has no Redis recorded")
+            self._client = target.sync(socket_timeout=10)
+        return self._client
+
+    def status(self) -> dict[str, Any]:
+        from launcher.status import collect
+
+        return collect(self.client(), self.name)
+
+    def all_beating(self, expected: int) -> bool:
+        rows = self.status()["workers"]
+        return len(rows) == expected and all(r["state"] in ("idle", "busy") for r in rows)
+
+    def worker_pids(self) -> dict[str, int]:
+        return {r["worker"]: int(r["pid"]) for r in self.status()["workers"] if r["pid"]}
+
+    def redis_pid(self) -> int | None:
+        """The embedded redis-server: the supervisor's child that is not a worker."""
+        if self.pid is None:
+            return None
+        for child in psutil.Process(self.pid).children():
+            try:
+                if "redis-server" in child.name():
+                    return child.pid
+            except psutil.Error:
+                pass
+        return None
+
+    def close(self) -> None:
+        """`swarm down`, then SIGTERM/SIGKILL whatever is left, then remove the folder."""
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001
+                pass
+        pid = self.state.live_pid() or self.pid
+        if pid is not None and self.state.read_redis() is not None:
+            try:
+                self.cli("down", "--timeout", "30", timeout=45)
+            except subprocess.TimeoutExpired:
+                pass
+        if pid is not None and psutil.pid_exists(pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+                psutil.Process(pid).wait(15)
+            except (psutil.Error, ProcessLookupError):
+                pass
+            except psutil.TimeoutExpired:
+                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(10)
+        left = kill_leftovers(self.folder)
+        if left:
+            print(f"  (cleanup: killed {left} leftover process(es))", file=sys.stderr)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --- Redis for workers that swarm does not supervise -----------------------------------
+
+
+class LoneRedis:
+    """The embedded redis-server on its own (for supervisord's or plain subprocess
+    workers), in a temporary folder."""
+
+    def __init__(self, folder: Path) -> None:
+        from launcher.redis_server import EmbeddedRedis
+
+        self.folder = folder
+        self.server = EmbeddedRedis(StateDir(folder / "redis-state"), folder / "redis.log")
+        self.target = self.server.start()
+        self.url = self.target.url
+        self.password = self.target.password or ""
+
+    def client(self) -> Any:
+        return self.target.sync(socket_timeout=10)
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def standalone_cmd(worker_id: str, url: str, *, swarm: str, expiry: float,
+                   sdk: bool = True) -> list[str]:
+    cmd = [PYTHON, STANDALONE, worker_id, url, "--swarm", swarm, "--expiry", f"{expiry:g}"]
+    if not sdk:
+        cmd.append("--no-sdk")
+    return cmd
+
+
+# --- numbers -----------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    """Percentile by linear interpolation between closest ranks (like numpy's default)."""
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    k = (len(data) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "median": statistics.median(values) if values else float("nan"),
+        "p95": pct(values, 95),
+        "min": min(values) if values else float("nan"),
+        "max": max(values) if values else float("nan"),
+    }
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def mib(num: float) -> str:
+    return f"{num / 2**20:.1f} MiB"
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table, so the output can be pasted into docs/benchmarks.md."""
+    cells = [[str(c) for c in row] for row in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """One paragraph: what these numbers were measured on."""
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    redis_bin = None
+    try:
+        from launcher.redis_server import find_binary
+
+        redis_bin = subprocess.run([find_binary(), "--version"], capture_output=True,
+                                   text=True).stdout.split()[2]
+    except Exception:  # noqa: BLE001
+        pass
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory()
+    load = os.getloadavg()
+    return (
+        f"machine: {os.cpu_count()} cores ({cpu}), {mem.total / 2**30:.1f} GiB RAM "
+        f"({mem.available / 2**30:.1f} GiB available), Linux {platform.release()}, "
+        f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
+        f"versions: Python {platform.python_version()}, swarm {version('swarm')}, "
+        f"supervisor {version('supervisor')}, redis-server {redis_bin}, "
+        f"redis-py {version('redis')}, anthropic {version('anthropic')}, "
+        f"psutil {version('psutil')}"
+    )

@@ -1,0 +1,195 @@
+"""Fixtures that run real swarms: a real supervisor process, real forked workers and
+the real embedded Redis, all under a temporary folder and all ended by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import pytest
+
+from launcher.state import StateDir
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def processes_under(folder: Path) -> list[psutil.Process]:
+    """Every process whose working directory is inside ``folder`` (supervisor, workers
+    and the embedded redis-server all live there), zombies excepted."""
+    found = []
+    folder = folder.resolve()
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cwd = Path(proc.cwd())
+        except (psutil.Error, OSError):
+            continue
+        if cwd == folder or folder in cwd.parents:
+            found.append(proc)
+    return found
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something true; an exception counts as not yet
+    (the swarm may still be starting) and is shown if time runs out."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001
+            value, last = None, exc
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(every)
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
+    env.pop("SWARM_REDIS_URL", None)
+    env["COLUMNS"] = "200"
+    return env
+
+
+class Swarm:
+    """A swarm spec in a temporary folder, and the supervisor running it."""
+
+    def __init__(self, folder: Path, spec: str, name: str = "t") -> None:
+        self.folder = folder
+        self.name = name
+        self.spec_path = folder / "swarm.yaml"
+        self.spec_path.write_text(textwrap.dedent(spec))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = folder / "up.out"
+
+    @property
+    def state(self) -> StateDir:
+        return StateDir(self.folder / ".swarm" / self.name)
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "launcher.cli", *args], cwd=self.folder, env=cli_env(),
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    def start(self, ready: bool = True) -> Swarm:
+        """``swarm up`` in the foreground (as a child of the test), then wait for it."""
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "launcher.cli", "up", str(self.spec_path)],
+                cwd=self.folder, env=cli_env(), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for(lambda: self.state.read_redis() is not None or self.proc.poll() is not None,
+                 20, "the supervisor to start Redis")
+        assert self.proc.poll() is None, self.output.read_text()
+        if ready:
+            wait_for(self.all_beating, 20, "every worker to heartbeat")
+        return self
+
+    def redis(self) -> Any:
+        target = self.state.read_redis()
+        assert target is not None, "the swarm has no Redis recorded"
+        return target.sync(socket_timeout=5)
+
+    def status(self) -> dict[str, Any]:
+        from launcher.status import collect
+
+        return collect(self.redis(), self.name)
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        return {row["worker"]: row for row in self.status()["workers"]}
+
+    def all_beating(self) -> bool:
+        try:
+            rows = self.status()["workers"]
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+        return bool(rows) and all(r["state"] in ("idle", "busy") for r in rows)
+
+    def events(self, kind: str | None = None) -> list[dict[str, str]]:
+        from workers import keys
+
+        entries = self.redis().xrange(keys.events(self.name))
+        return [fields for _, fields in entries if kind is None or fields["kind"] == kind]
+
+    def supervisor_pid(self) -> int:
+        pid = self.state.read_pid()
+        assert pid is not None
+        return pid
+
+    def stop(self) -> None:
+        """End everything the test started, whatever state it is in."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        pid = self.state.live_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        for proc in processes_under(self.folder):
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(processes_under(self.folder), timeout=5)
+
+
+@pytest.fixture
+def make_swarm(tmp_path: Path):  # type: ignore[no-untyped-def]
+    made: list[Swarm] = []
+
+    def make(spec: str, name: str = "t") -> Swarm:
+        swarm = Swarm(tmp_path, spec, name)
+        made.append(swarm)
+        return swarm
+
+    yield make
+    for swarm in made:
+        swarm.stop()
+
+
+def fast_spec(pools: str, name: str = "t", extra: str = "") -> str:
+    """A spec with short timings, so supervision tests take seconds."""
+    return f"name: {name}\nstop_grace: 3s\nkill_grace: 500ms\n{extra}pools:\n" + textwrap.indent(
+        textwrap.dedent(pools), "  "
+    )
+
+
+POOL = """\
+{name}:
+  model: test-model
+  workers: {workers}
+  heartbeat: {{expiry: {expiry}, interval: {interval}}}
+  restart:
+    backoff: {{initial: 50ms, max: 1s}}
+    max_restarts: {max_restarts}
+    window: 30s
+    reset_after: 10s
+{extra}"""
+
+
+def pool(name: str, workers: int = 1, expiry: str = "1500ms", interval: str = "300ms",
+         max_restarts: int = 5, extra: str = "") -> str:
+    return POOL.format(name=name, workers=workers, expiry=expiry, interval=interval,
+                       max_restarts=max_restarts, extra=textwrap.indent(extra, "  "))
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)

@@ -1,0 +1,28 @@
+"""on_start hooks that make a worker misbehave on purpose, for the supervision tests.
+They run inside the worker process (the spec's ``on_start: hooks:NAME``)."""
+
+from __future__ import annotations
+
+import os
+
+_ballast: list[bytes] = []
+
+
+def crash(worker: object) -> None:
+    raise RuntimeError("this worker always fails to boot")
+
+
+def hog_memory(worker: object) -> None:
+    """Hold (and touch) SWARM_TEST_HOG_MB megabytes, so RSS really grows."""
+    megabytes = int(os.environ.get("SWARM_TEST_HOG_MB", "200"))
+    _ballast.append(b"x" * (megabytes * 1024 * 1024))
+
+
+def spawn_child(worker: object) -> None:
+    """Start a grandchild (like a tool's shell command) that would outlive a careless
+    supervisor; its pid goes to a file named by SWARM_TEST_CHILD_PIDS."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "300"])
+    with open(os.environ["SWARM_TEST_CHILD_PIDS"], "a") as handle:
+        handle.write(f"{child.pid}\n")
