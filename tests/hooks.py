@@ -26,3 +26,12 @@ def spawn_child(worker: object) -> None:
     child = subprocess.Popen(["sleep", "300"])
     with open(os.environ["SWARM_TEST_CHILD_PIDS"], "a") as handle:
         handle.write(f"{child.pid}\n")
+
+
+def block_loop_soon(worker: object) -> None:
+    """Block the worker's event loop one second from now, with its process still
+    running (not stopped): only a heartbeat that comes from the loop notices."""
+    import asyncio
+    import time
+
+    asyncio.get_running_loop().call_later(1.0, time.sleep, 3600)

@@ -193,3 +193,34 @@ def test_supervisor_checks_all_heartbeats_in_one_round_trip(make_swarm):
     get_calls = stats.get("cmdstat_get", {}).get("calls", 0)
     exists = stats.get("cmdstat_exists", {}).get("calls", 0)
     assert get_calls + exists == 0, "heartbeats were read one by one"
+
+
+def test_embedded_redis_killed_comes_back_from_its_append_only_file(make_swarm):
+    swarm = make_swarm(fast_spec(pool("a", workers=2, expiry="1500ms", interval="300ms")))
+    swarm.start()
+    client = swarm.redis()
+    client.set("survivor", "kept")
+    time.sleep(1.2)  # appendfsync everysec
+    pids = {w: row["pid"] for w, row in swarm.workers().items()}
+    old_redis = int(client.info("server")["process_id"])
+    os.kill(old_redis, signal.SIGKILL)
+    restarted = wait_for(lambda: swarm.events("redis_restart"), 10, "Redis to be restarted")
+    assert int(restarted[0]["pid"]) != old_redis
+    assert swarm.redis().get("survivor") == "kept"
+    wait_for(swarm.all_beating, 5, "the workers to beat again")
+    time.sleep(2.0)  # longer than the expiry: nobody may be taken for hung
+    assert {w: row["pid"] for w, row in swarm.workers().items()} == pids
+    assert swarm.events("hang") == []
+
+
+def test_worker_whose_event_loop_is_blocked_is_found_hung(make_swarm):
+    spec = fast_spec(pool("a", workers=1, extra="on_start: hooks:block_loop_soon\n"))
+    swarm = make_swarm(spec).start()
+    first = swarm.workers()["a-1"]
+    assert psutil.Process(first["pid"]).status() != psutil.STATUS_STOPPED
+    hang = wait_for(lambda: swarm.events("hang"), 10, "the blocked worker to be found hung")
+    assert hang[0]["pid"] == str(first["pid"])
+    # the stack it dumped shows the loop stuck inside a callback (our time.sleep)
+    log = (swarm.folder / "logs" / "a-1.log").read_text()
+    assert "Fatal Python error: Aborted" in log
+    assert "asyncio/events.py" in log.split("Fatal Python error: Aborted")[1].splitlines()[3]
