@@ -23,8 +23,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold an API key
     help="Start and supervise a local swarm of Claude workers coordinated through Redis.",
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False)
 
 SwarmOption = Annotated[
     Optional[str], typer.Option("--swarm", "-s", help="Which swarm, if several are here.")
@@ -251,9 +251,9 @@ def logs(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec, for editors to validate swarm.yaml."""
-    from launcher.spec import SwarmSpec
+    from launcher.spec import json_schema
 
-    out.print_json(json.dumps(SwarmSpec.model_json_schema()))
+    out.print_json(json.dumps(json_schema()))
 
 
 def main() -> None:

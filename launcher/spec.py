@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -31,6 +32,26 @@ IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 class SpecError(Exception):
     """A user's mistake in the spec; ``str()`` is the whole one-line message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+
+def one_line(text: str) -> str:
+    """Escape line breaks and other control characters so a message stays one line."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class _Model(BaseModel):
@@ -68,7 +89,7 @@ class Backoff(_Model):
 
 class Restart(_Model):
     backoff: Backoff = Field(default_factory=Backoff)
-    max_restarts: int = Field(5, ge=0, description="give up after more restarts than this ...")
+    max_restarts: Count = Field(5, ge=0, description="give up after more restarts than this ...")
     window: Duration = Field(60.0, gt=0, description="... within this window")
     reset_after: Duration = Field(
         30.0, gt=0, description="a worker that ran this long resets its backoff"
@@ -77,8 +98,8 @@ class Restart(_Model):
 
 class Pool(_Model):
     model: str = Field(min_length=1, description="the Claude model id")
-    workers: int = Field(1, ge=1, le=4096)
-    concurrency: int = Field(1, ge=1, le=10_000, description="tasks in flight per worker")
+    workers: Count = Field(1, ge=1, le=4096)
+    concurrency: Count = Field(1, ge=1, le=10_000, description="tasks in flight per worker")
     heartbeat: Heartbeat = Field(default_factory=Heartbeat)
     restart: Restart = Field(default_factory=Restart)
     memory_limit: Size | None = Field(None, gt=0, description="RSS of one worker's tree")
@@ -107,7 +128,7 @@ class Pool(_Model):
 class Logs(_Model):
     dir: Path = Path("logs")
     max_bytes: Size = Field(10_000_000, ge=1024)
-    backups: int = Field(3, ge=0, le=100)
+    backups: Count = Field(3, ge=0, le=100)
 
 
 class SwarmSpec(_Model):
@@ -205,7 +226,17 @@ def _resolve(spec: SwarmSpec, path: Path, lines: dict[Loc, int], label: str) -> 
 
 
 def _read_yaml(text: str, label: str) -> tuple[Any, dict[Loc, int]]:
-    loader = yaml.SafeLoader(text)
+    try:
+        return _compose(text, label)
+    except RecursionError:
+        raise SpecError(f"{label}: invalid YAML: nested too deeply") from None
+
+
+def _compose(text: str, label: str) -> tuple[Any, dict[Loc, int]]:
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # a character YAML does not allow
+        raise SpecError(f"{label}: invalid YAML: {exc}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -219,6 +250,9 @@ def _read_yaml(text: str, label: str) -> tuple[Any, dict[Loc, int]]:
         raise SpecError(f"{label}:{line}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{label}: invalid YAML: {exc}") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # a tagged scalar PyYAML cannot build (`!!int abc`), a 5000-digit number, ...
+        raise SpecError(f"{label}: invalid YAML value: {exc}") from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -230,6 +264,9 @@ def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], label: str) -
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                raise SpecError(f"{label}:{line}: {_dotted(loc)}: keys must be plain names")
             key = key_node.value
             if key in seen and key != "<<":
                 line = key_node.start_mark.line + 1
@@ -278,9 +315,15 @@ def _first_error(exc: ValidationError, lines: dict[Loc, int], label: str) -> Spe
 
 
 def _line_of(loc: Loc, lines: dict[Loc, int]) -> int:
-    while loc not in lines:
+    """The line of the deepest known part of ``loc``. The index is keyed by each key's
+    YAML text, the data by its value (``1`` for ``1:``), so compare as text."""
+    while loc:
+        for candidate in (loc, tuple(_yaml_scalar(p) if not isinstance(p, str) else p
+                                     for p in loc)):
+            if candidate in lines:
+                return lines[candidate]
         loc = loc[:-1]
-    return lines[loc]
+    return lines[()]
 
 
 def _dotted(loc: Loc) -> str:
@@ -320,6 +363,25 @@ def _message(err: Any) -> str:
         return str(ctx.get("error", err["msg"]))
     msg = str(err["msg"])
     return msg[:1].lower() + msg[1:]
+
+
+_PYDANTIC_BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum",
+                   "le": "maximum"}
+
+
+def json_schema() -> dict[str, Any]:
+    """The spec's JSON Schema. Bounds on our Duration/Size types come out of pydantic
+    under its own names (``gt``); rename them to the JSON Schema keywords."""
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {_PYDANTIC_BOUNDS.get(k, k) if k in _PYDANTIC_BOUNDS and
+                    isinstance(v, (int, float)) else k: fix(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fix(item) for item in node]
+        return node
+
+    return fix(SwarmSpec.model_json_schema())  # type: ignore[no-any-return]
 
 
 def iter_worker_ids(spec: SwarmSpec) -> Iterator[tuple[str, str]]:

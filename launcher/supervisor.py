@@ -342,6 +342,7 @@ class Supervisor:
         sample = now - self._last_sample >= SAMPLE_EVERY
         if sample:
             self._sample(now)
+            self._judge_memory(now)  # needs no Redis: done even while it is down
         pipe = self.redis.pipeline(transaction=False)
         publish = self._dirty or sample or now - self._last_publish >= PUBLISH_EVERY
         if publish:
@@ -364,8 +365,6 @@ class Supervisor:
         self._judge_heartbeats(live, results[-2], now)
         for raw in results[-1] or []:
             self._control(raw)
-        if sample:
-            self._judge_memory(now)
         self._maybe_ready()
 
     def _queue_publish(self, pipe: Any) -> None:

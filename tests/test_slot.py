@@ -349,9 +349,9 @@ def test_restart_policy_model(
     for n, ran in enumerate(runs):
         slot.started(n + 1, now)
         assert slot.generation == n + 1
-        now += ran
+        started, now = now, now + ran
         delay = slot.exited("exit code 1", now)
-        if ran >= reset_after:
+        if now - started >= reset_after:  # the same float arithmetic as the slot's
             attempt = 0
         recent = [t for t in restarts_at if now - t <= window]
         if len(recent) >= max_restarts:
