@@ -248,6 +248,109 @@ def logs(
         pass
 
 
+def _swarm_api(name: str | None):  # type: ignore[no-untyped-def]
+    from launcher.client import Swarm
+
+    found = _locate(name)
+    return Swarm(found.name, found.client())
+
+
+@app.command()
+def submit(
+    text: Annotated[str, typer.Argument(help="What the worker should do.")],
+    pool: Annotated[Optional[str], typer.Option("--pool", "-p", help="Which pool.")] = None,
+    files: Annotated[Optional[list[str]], typer.Option("--file", "-f", help="A file the task is about (repeatable).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the finding and print its result.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: seconds to wait.")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    swarm: SwarmOption = None,
+) -> None:
+    """Queue a task; prints its id (or, with --wait, its finding's result)."""
+    from launcher.client import SubmitError
+
+    api = _swarm_api(swarm)
+    try:
+        task_id = api.submit(text, pool=pool, files=files or [])
+    except SubmitError as exc:
+        fail(str(exc), 2)
+    if not wait:
+        out.print_json(json.dumps({"task_id": task_id})) if as_json else print(task_id)
+        return
+    try:
+        finding = api.wait(task_id, timeout)
+    except TimeoutError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"stopped waiting; the task {task_id} is still queued or running", 130)
+    if as_json:
+        out.print_json(json.dumps(finding))
+    else:
+        if finding.get("status") == "failed":
+            fail(f"task {task_id} failed: {finding.get('error')}")
+        print(finding.get("result", ""))
+    if finding.get("status") == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def tasks(
+    state: Annotated[Optional[str], typer.Option("--state", help="queued, running, done, failed, dead, elsewhere")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    swarm: SwarmOption = None,
+) -> None:
+    """List tasks, newest first."""
+    from rich.table import Table
+
+    rows = _swarm_api(swarm).tasks(state, limit)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("TASK", "POOL", "STATE", "ATTEMPTS", "WORKER", "SUBMITTED", "FINDING", "ERROR"):
+        table.add_column(column, overflow="fold" if column == "ERROR" else "ellipsis")
+    for row in rows:
+        submitted = time.strftime("%H:%M:%S", time.localtime(float(row.get("submitted", 0))))
+        table.add_row(row["id"], row.get("pool", ""), row.get("state", ""),
+                      row.get("attempts", "0"), row.get("worker", ""), submitted,
+                      row.get("finding", ""), row.get("error", ""))
+    out.print(table)
+
+
+@app.command()
+def show(
+    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    swarm: SwarmOption = None,
+) -> None:
+    """Show one task, with its finding."""
+    record = _swarm_api(swarm).task(task_id)
+    if record is None:
+        fail(f"no task {task_id!r}", 2)
+    if as_json:
+        out.print_json(json.dumps(record))
+        return
+    finding = record.pop("finding") or {}
+    for key in ("id", "state", "pool", "attempts", "worker", "claimed", "error", "payload"):
+        if record.get(key) not in (None, ""):
+            out.print(f"[bold]{key}:[/] {record[key]}", markup=True, highlight=False)
+    if finding:
+        out.print(f"[bold]finding:[/] {finding.get('finding_id')}", markup=True)
+        for key in ("status", "worker_id", "model", "tokens_used", "cost", "files_changed",
+                    "error", "result"):
+            out.print(f"  {key}: {finding.get(key)}", markup=False)
+
+
+@app.command()
+def resume(swarm: SwarmOption = None) -> None:
+    """Let workers take new work again after a pause (e.g. the API spend limit)."""
+    from workers import keys
+
+    api = _swarm_api(swarm)
+    reason = api.redis.getdel(keys.paused(api.name))
+    out.print(f"resumed (was paused: {reason})" if reason else "the swarm was not paused")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec, for editors to validate swarm.yaml."""

@@ -96,6 +96,18 @@ class Restart(_Model):
     )
 
 
+class Tools(_Model):
+    """The agent's tools; each is confined to the pool's workdir."""
+
+    read: bool = True
+    write: bool = True
+    edit: bool = True
+    list: bool = True
+    grep: bool = True
+    shell: bool = Field(False, description="run shell commands (cannot be truly confined)")
+    shell_timeout: Duration = Field(30.0, gt=0)
+
+
 class Pool(_Model):
     model: str = Field(min_length=1, description="the Claude model id")
     workers: Count = Field(1, ge=1, le=4096)
@@ -109,6 +121,11 @@ class Pool(_Model):
     on_start: str | None = Field(
         None, description="'module:function' called in each worker once it has booted"
     )
+    max_attempts: Count = Field(3, ge=1, le=100, description="runs of a task whose worker died")
+    max_turns: Count = Field(20, ge=1, le=1000, description="API calls per task at most")
+    max_tokens: Count = Field(4096, ge=1, le=1_000_000, description="per API call")
+    max_retries: Count = Field(4, ge=0, le=20, description="SDK retries of 429/529/5xx")
+    tools: Tools = Field(default_factory=Tools)
 
     @field_validator("env", mode="before")
     @classmethod
@@ -145,6 +162,17 @@ class SwarmSpec(_Model):
         2.0, ge=0, description="after the polite signal, how long before SIGKILL"
     )
     pools: dict[str, Pool] = Field(min_length=1)
+    default_pool: str | None = Field(
+        None, description="where tasks without a pool go; default the first pool"
+    )
+
+    @model_validator(mode="after")
+    def _default_pool_exists(self) -> SwarmSpec:
+        if self.default_pool is None:
+            self.default_pool = next(iter(self.pools))
+        elif self.default_pool not in self.pools:
+            raise ValueError(f"default_pool {self.default_pool!r} is not one of the pools")
+        return self
 
     @field_validator("name")
     @classmethod

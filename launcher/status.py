@@ -26,7 +26,9 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
     pipe.hgetall(keys.meta(name))
     pipe.hgetall(keys.slots(name))
     pipe.hgetall(keys.pools(name))
-    meta, slots, pools = pipe.execute()
+    pipe.hgetall(keys.counts(name))
+    pipe.get(keys.paused(name))
+    meta, slots, pools, counts, paused = pipe.execute()
     if not meta or meta.get("state") == "stopped":
         raise NotRunning(f"swarm '{name}' is not running")
     ids = sorted(slots, key=_slot_order)
@@ -50,6 +52,9 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
         "supervisor_seen_ago": round(age, 3),
         "responding": age < STALE_AFTER,
         "pools": {pool: int(n) for pool, n in pools.items()},
+        "paused": paused,
+        "tasks": {state: int(counts.get(state, 0))
+                  for state in ("queued", "running", "done", "failed", "dead", "elsewhere")},
         "workers": workers,
     }
 
@@ -106,6 +111,13 @@ def render(view: dict[str, Any]) -> Any:
         f"[bold]swarm {view['swarm']}[/] {view['state']}  supervisor pid "
         f"{view['supervisor_pid']}  {summary}{health}"
     )
+    t = view["tasks"]
+    tasks_line = Text(
+        f"tasks: {t['queued']} queued, {t['running']} in flight, {t['done']} done, "
+        f"{t['failed']} failed ({t['dead']} dead-lettered)"
+    )
+    if view["paused"]:
+        tasks_line.append(f"  PAUSED: {view['paused']}", style="bold red")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("WORKER", "PID", "STATE", "BEAT", "TASK", "DONE", "FAILED",
                    "RESTARTS", "RSS", "CPU%", "LAST EXIT"):
@@ -132,4 +144,4 @@ def render(view: dict[str, Any]) -> Any:
             f"{row['cpu']:.1f}",
             row["last_exit"] or "",
         )
-    return Group(head, table)
+    return Group(head, tasks_line, table)

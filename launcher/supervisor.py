@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import psutil
 
-from launcher import proctree
+from launcher import proctree, recovery
 from launcher.events import EventLog
 from launcher.logfiles import SlotLog
 from launcher.redis_server import EmbeddedRedis
@@ -99,6 +99,7 @@ class Supervisor:
         self._redis_ok = True
         self._redis_ok_since = time.monotonic()
         self._ready_sent = False
+        self._handbacks: list[tuple[str, str, str, bool]] = []  # waiting for Redis
         self.tick_interval = min(
             [0.5] + [p.heartbeat.expiry / 4 for p in self.spec.pools.values()]
         )
@@ -113,6 +114,7 @@ class Supervisor:
         self._install_signals()
         proctree.become_subreaper()
         self._register()
+        self._recover()
         self.events.record("swarm_start", pid=self.pid, workers=len(self.slots))
         try:
             while True:
@@ -220,6 +222,9 @@ class Supervisor:
             "exit", slot, pid=pid, reason=reason, ran=round(ran, 3), clean=clean
         )
         self._forget_beat(slot)
+        self._handbacks.append((slot.pool, keys.consumer(slot.worker_id, slot.generation),
+                                f"{slot.worker_id}#{slot.generation} {reason}", clean))
+        self._hand_back()
         delay = slot.exited(reason, time.monotonic())
         if delay is not None:
             self.events.record("restart_scheduled", slot, delay=round(delay, 3))
@@ -229,6 +234,32 @@ class Supervisor:
                 window=slot.policy.window, level=logging.ERROR,
             )
         self._dirty = True
+
+    def _hand_back(self) -> None:
+        """Requeue the deliveries of exited workers; kept for later if Redis is away."""
+        while self._handbacks:
+            pool, consumer, reason, clean = self._handbacks[0]
+            try:
+                count = recovery.hand_back(self.redis, self.spec.name, pool, consumer,
+                                           reason, refund=clean)
+            except Exception as exc:  # noqa: BLE001 - Redis down: retry next tick
+                log.warning("cannot hand back %s's tasks yet: %s", consumer, exc)
+                return
+            self._handbacks.pop(0)
+            if count:
+                self.events.record("handed_back", consumer=consumer, tasks=count)
+
+    def _recover(self) -> None:
+        pools = list(self.spec.pools)
+        recovery.prepare_queues(self.redis, self.spec.name, pools)
+        for consumer, count in recovery.recover_orphans(self.redis, self.spec.name,
+                                                        pools).items():
+            if count:
+                self.events.record("handed_back", consumer=consumer, tasks=count)
+        found = recovery.scan_seed_tasks(self.redis, self.spec.name,
+                                         str(self.spec.default_pool), pools)
+        if found:
+            self.events.record("seed_tasks_found", tasks=found)
 
     def _forget_beat(self, slot: Slot) -> None:
         self.beats.pop(slot.worker_id, None)
@@ -278,6 +309,13 @@ class Supervisor:
             env=dict(pool.env),
             on_start=pool.on_start,
             parent_pid=self.pid,
+            default_pool=str(self.spec.default_pool),
+            pools=tuple(self.spec.pools),
+            max_attempts=pool.max_attempts,
+            max_turns=pool.max_turns,
+            max_tokens=pool.max_tokens,
+            max_retries=pool.max_retries,
+            tools=pool.tools.model_dump(),
         )
         close = [self._wake_r, self._wake_w] + [p.fd for p in self.running.values()]
         try:
@@ -359,6 +397,8 @@ class Supervisor:
             self._redis_ok = True
             self._redis_ok_since = now
             self.events.record("redis_back")
+        if self._handbacks:
+            self._hand_back()
         if publish:
             self._dirty = False
             self._last_publish = now
@@ -586,6 +626,7 @@ class Supervisor:
             "host": socket.gethostname(),
             "started": time.time(),
             "spec": str(self.spec.source or ""),
+            "default_pool": str(self.spec.default_pool),
             "redis": "embedded" if self.embedded else "external",
         })
         pipe.execute()

@@ -52,6 +52,10 @@ def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = T
     except UpError as exc:
         notify(str(exc))
         raise
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+        logging.getLogger("swarm.supervisor").warning(
+            "ANTHROPIC_API_KEY is not set: every task will fail until it is "
+            "(set it, then `swarm down` and `swarm up`)")
     state.write_redis(target, embedded is not None)
     state.write_pid(os.getpid())
     state.write_info(spec=str(spec.source), logs=str(spec.logs.dir), name=spec.name)

@@ -56,19 +56,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
         time.sleep(every)
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
     env.pop("SWARM_REDIS_URL", None)
     env["COLUMNS"] = "200"
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        env.pop(name, None)  # never the developer's real key or endpoint
+    env.update(extra or {})
     return env
 
 
 class Swarm:
     """A swarm spec in a temporary folder, and the supervisor running it."""
 
-    def __init__(self, folder: Path, spec: str, name: str = "t") -> None:
+    def __init__(self, folder: Path, spec: str, name: str = "t",
+                 env: dict[str, str] | None = None) -> None:
         self.folder = folder
+        self.env = env or {}
         self.name = name
         self.spec_path = folder / "swarm.yaml"
         self.spec_path.write_text(textwrap.dedent(spec))
@@ -81,7 +86,8 @@ class Swarm:
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "launcher.cli", *args], cwd=self.folder, env=cli_env(),
+            [sys.executable, "-m", "launcher.cli", *args], cwd=self.folder,
+            env=cli_env(self.env),
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         )
 
@@ -90,7 +96,7 @@ class Swarm:
         with open(self.output, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "launcher.cli", "up", str(self.spec_path)],
-                cwd=self.folder, env=cli_env(), stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.folder, env=cli_env(self.env), stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         wait_for(lambda: self.state.read_redis() is not None or self.proc.poll() is not None,
@@ -155,14 +161,28 @@ class Swarm:
 def make_swarm(tmp_path: Path):  # type: ignore[no-untyped-def]
     made: list[Swarm] = []
 
-    def make(spec: str, name: str = "t") -> Swarm:
-        swarm = Swarm(tmp_path, spec, name)
+    def make(spec: str, name: str = "t", env: dict[str, str] | None = None) -> Swarm:
+        swarm = Swarm(tmp_path, spec, name, env)
         made.append(swarm)
         return swarm
 
     yield make
     for swarm in made:
         swarm.stop()
+
+
+@pytest.fixture
+def fake_api():  # type: ignore[no-untyped-def]
+    """A fake Messages API on loopback, for the real SDK in the workers."""
+    from fake_api import FakeAPI
+
+    server = FakeAPI().start()
+    yield server
+    server.stop()
+
+
+def api_env(server: Any, key: str = "test-key") -> dict[str, str]:
+    return {"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": key}
 
 
 def fast_spec(pools: str, name: str = "t", extra: str = "") -> str:

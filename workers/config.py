@@ -30,3 +30,10 @@ class WorkerConfig:
     env: dict[str, str] = field(default_factory=dict)
     on_start: str | None = None
     parent_pid: int | None = None
+    default_pool: str = ""  # where seed-style tasks announced on channel:tasks go
+    pools: tuple[str, ...] = ()  # every pool of the swarm, to route a task's 'pool'
+    max_attempts: int = 3
+    max_turns: int = 20
+    max_tokens: int = 4096
+    max_retries: int = 4
+    tools: dict[str, object] = field(default_factory=dict)  # workers.tools.ToolSettings

@@ -84,4 +84,47 @@ def control(swarm: str) -> str:
     return f"{_ns(swarm)}:control"
 
 
+def queue(swarm: str, pool: str) -> str:
+    """Stream: one entry per delivery of a task to ``pool`` (field ``task``). Read with
+    the consumer group GROUP; an entry stays pending until its worker acknowledges it."""
+    return f"{_ns(swarm)}:queue:{pool}"
+
+
+GROUP = "workers"
+
+
+def consumer(worker_id: str, generation: int) -> str:
+    """A worker process's consumer name: one per generation, so a dead process's pending
+    entries are exactly the ones it was given."""
+    return f"{worker_id}#{generation}"
+
+
+def task_meta(swarm: str, task_id: str) -> str:
+    """Hash: swarm's record of a task: state (queued, running, done, failed, dead,
+    elsewhere), pool, attempts, submitted/started/finished, worker, finding, error."""
+    return f"{_ns(swarm)}:task:{task_id}"
+
+
+def tasks(swarm: str) -> str:
+    """Sorted set: task ids by submission time (`swarm tasks`)."""
+    return f"{_ns(swarm)}:tasks"
+
+
+def counts(swarm: str) -> str:
+    """Hash: how many tasks are queued, running, done, failed, dead (kept by the scripts
+    that move tasks between states, so `swarm status` never counts)."""
+    return f"{_ns(swarm)}:counts"
+
+
+def dead(swarm: str) -> str:
+    """List: dead-lettered tasks as JSON {task, reason, attempts, ts}, newest first."""
+    return f"{_ns(swarm)}:dead"
+
+
+def paused(swarm: str) -> str:
+    """String: when set, no worker starts new work; the value is the reason."""
+    return f"{_ns(swarm)}:paused"
+
+
 EVENTS_MAXLEN = 10_000
+DEAD_MAXLEN = 10_000

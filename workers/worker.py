@@ -62,6 +62,10 @@ class Worker:
         self.done = 0
         self.failed = 0
         self.stopping = asyncio.Event()
+        self.paused: str | None = None  # the swarm-wide pause reason, read with each beat
+        self.busy: dict[str, None] = {}  # task ids being worked on, in start order
+        self.agent: Any = None
+        self.runner: Any = None
         self._status_key = keys.worker(cfg.swarm, cfg.worker_id)
         self._beat_key = keys.heartbeat(cfg.worker_id)
         self._beat_ms = max(1, int(cfg.heartbeat_expiry * 1000))
@@ -77,9 +81,14 @@ class Worker:
             if not await self._boot():
                 return EXIT_BOOT_FAILED
             beating = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+            consuming = asyncio.create_task(self.runner.consume(), name="consume")
+            listening = asyncio.create_task(self.runner.listen_seed(), name="seed intake")
             await self.stopping.wait()
             self.state = "stopping"
             await self._beat()
+            consuming.cancel()
+            listening.cancel()
+            await self.runner.drain(self.cfg.stop_grace)
             beating.cancel()
             await self._say_goodbye()
             return EXIT_OK
@@ -100,10 +109,46 @@ class Worker:
             except Exception:
                 log.exception("on_start hook %s failed", self.cfg.on_start)
                 return False
+        self.agent = _make_agent(self.cfg)
+        from workers.tasks import TaskRunner
+
+        self.runner = TaskRunner(self)
+        await self.runner.ensure_group()
         self.state = "idle"
         await self._beat()
         log.info("started pid=%d pool=%s", os.getpid(), self.cfg.pool)
         return True
+
+    # --- what the task runner tells us ---------------------------------------------
+
+    def toolbox(self) -> Any:
+        from workers.tools import Toolbox, ToolSettings
+
+        return Toolbox(self.cfg.workdir, ToolSettings(**self.cfg.tools))  # type: ignore[arg-type]
+
+    def task_started(self, task_id: str) -> None:
+        self.busy[task_id] = None
+        self.state = "busy"
+        self.current_task = next(iter(self.busy))
+
+    def task_ended(self, task_id: str) -> None:
+        self.busy.pop(task_id, None)
+        self.current_task = next(iter(self.busy), "")
+        if not self.busy and self.state == "busy":
+            self.state = "idle"
+
+    def count(self, done: bool) -> None:
+        if done:
+            self.done += 1
+        else:
+            self.failed += 1
+
+    async def pause(self, reason: str) -> None:
+        """Stop the whole swarm from taking new work (every worker reads the flag with
+        its next beat); tasks in flight finish."""
+        self.paused = reason
+        log.error("pausing the swarm: %s", reason)
+        await self.redis.set(keys.paused(self.cfg.swarm), reason)
 
     def request_stop(self, sig: int | None = None) -> None:
         if not self.stopping.is_set():
@@ -128,8 +173,9 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self._beat_key, now, px=self._beat_ms)
         pipe.hset(self._status_key, mapping=self._report(now))
+        pipe.get(keys.paused(self.cfg.swarm))
         try:
-            await pipe.execute()
+            self.paused = (await pipe.execute())[-1]
             if self._redis_down_logged:
                 log.info("Redis is back")
                 self._redis_down_logged = False
@@ -142,6 +188,7 @@ class Worker:
         return {
             "state": self.state,
             "task": self.current_task,
+            "in_flight": len(self.busy),
             "done": self.done,
             "failed": self.failed,
             "pid": os.getpid(),
@@ -158,6 +205,20 @@ class Worker:
         except Exception:  # noqa: BLE001 - leaving anyway; the key expires by itself
             pass
         log.info("stopped")
+
+
+def _make_agent(cfg: WorkerConfig) -> Any:
+    """One SDK client per process, built after fork and reused by every task."""
+    from workers.agent import Agent
+
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+        reason = "ANTHROPIC_API_KEY is not set: set it in the environment of `swarm up`"
+        log.error(reason)
+        return Agent(None, cfg.model, cfg.max_turns, cfg.max_tokens, missing_key=reason)
+    import anthropic
+
+    client = anthropic.AsyncAnthropic(max_retries=cfg.max_retries)
+    return Agent(client, cfg.model, cfg.max_turns, cfg.max_tokens)
 
 
 def _import_string(path: str) -> Any:

@@ -1,0 +1,69 @@
+"""A task's payload, the JSON under ``task:{id}``: parsed, or refused with a reason."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_PAYLOAD_BYTES = 1_000_000
+
+
+class PayloadError(Exception):
+    """The payload cannot be run; ``str()`` is the reason recorded in the dead letter."""
+
+
+@dataclass(frozen=True)
+class Task:
+    description: str
+    files: list[str] = field(default_factory=list)
+    pool: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse(raw: str | bytes | None) -> Task:
+    if raw is None:
+        raise PayloadError("no payload: task key is missing")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PayloadError("payload is not UTF-8") from None
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload is larger than {MAX_PAYLOAD_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"payload is not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(data, dict):
+        raise PayloadError(f"payload must be a JSON object, not {type(data).__name__}")
+    description = data.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise PayloadError("payload has no 'description' (a non-empty string)")
+    files = data.get("files", [])
+    if files is None:
+        files = []
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise PayloadError("payload 'files' must be a list of strings")
+    pool = data.get("pool")
+    if pool is not None and not isinstance(pool, str):
+        raise PayloadError("payload 'pool' must be a string")
+    extra = {k: v for k, v in data.items() if k not in ("description", "files", "pool")}
+    return Task(description, list(files), pool, extra)
+
+
+def dump(task: Task) -> str:
+    data: dict[str, Any] = {"description": task.description, "files": task.files}
+    if task.pool:
+        data["pool"] = task.pool
+    data.update(task.extra)
+    return json.dumps(data)
+
+
+def route(raw: str, default_pool: str, pools: tuple[str, ...]) -> str:
+    """The pool a payload asks for, if it exists; otherwise the default pool."""
+    try:
+        wanted = json.loads(raw).get("pool")
+    except (ValueError, AttributeError, RecursionError):
+        return default_pool
+    return wanted if isinstance(wanted, str) and wanted in pools else default_pool

@@ -1,0 +1,145 @@
+"""The Lua scripts that move a task between states. Each runs atomically in Redis, so a
+task is enqueued once, claimed by one worker, and recorded once, whoever races.
+
+Key names always come from :mod:`workers.keys`; these functions only build the KEYS and
+ARGV lists in the order each script expects.
+"""
+
+from __future__ import annotations
+
+from workers import keys
+
+# KEYS: meta, queue, tasks, counts, seed result, seed claim
+# ARGV: task id, pool, source, now
+# Returns 1 if enqueued, 0 if already known / claimed elsewhere / has a result.
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[6]) == 1 then
+  return 0
+end
+if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'pool', ARGV[2], 'source', ARGV[3],
+           'submitted', ARGV[4], 'attempts', 0)
+redis.call('XADD', KEYS[2], '*', 'task', ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'queued', 1)
+return 1
+"""
+
+# KEYS: meta, seed claim, seed result, counts
+# ARGV: worker (claim value), claim ttl seconds, now, max attempts
+# Returns 'run', 'done' (nothing to do), 'exhausted' (attempts used up: dead-letter it),
+# or 'taken:<owner>' (a seed-style worker has it).
+START = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'done' end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'failed' or state == 'dead' then return 'done' end
+if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[4]) then
+  return 'exhausted'
+end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  local owner = redis.call('GET', KEYS[2])
+  if owner ~= ARGV[1] then
+    if state == 'queued' then
+      redis.call('HINCRBY', KEYS[4], 'queued', -1)
+      redis.call('HSET', KEYS[1], 'state', 'elsewhere', 'worker', owner or '')
+    end
+    return 'taken:' .. (owner or '')
+  end
+end
+if state == 'queued' then
+  redis.call('HINCRBY', KEYS[4], 'queued', -1)
+  redis.call('HINCRBY', KEYS[4], 'running', 1)
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return 'run'
+"""
+
+# KEYS: meta, seed result, finding, counts, queue, dead list
+# ARGV: finding id, finding json, status (done|failed), now, entry id, group, task id,
+#       error, dead-letter json ('' for none), dead maxlen
+# Returns 1 if this call recorded the result, 0 if the task already had one.
+FINISH = """
+redis.call('XACK', KEYS[5], ARGV[6], ARGV[5])
+redis.call('XDEL', KEYS[5], ARGV[5])
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return 0 end
+redis.call('SET', KEYS[3], ARGV[2])
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'running' then redis.call('HINCRBY', KEYS[4], 'running', -1)
+elseif state == 'queued' then redis.call('HINCRBY', KEYS[4], 'queued', -1) end
+local final = ARGV[3]
+if ARGV[9] ~= '' then
+  final = 'dead'
+  redis.call('LPUSH', KEYS[6], ARGV[9])
+  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[10]) - 1)
+  redis.call('HINCRBY', KEYS[4], 'failed', 1)
+end
+redis.call('HINCRBY', KEYS[4], final, 1)
+redis.call('HSET', KEYS[1], 'state', final, 'finished', ARGV[4], 'finding', ARGV[1],
+           'error', ARGV[8])
+redis.call('PUBLISH', 'channel:findings', ARGV[1])
+redis.call('PUBLISH', 'channel:completions', ARGV[7])
+return 1
+"""
+
+# Hand a dead worker's delivery back to the queue (at-least-once).
+# KEYS: meta, seed result, seed claim, counts, queue
+# ARGV: entry id, group, task id, claim value of the dead worker, refund (1: do not count
+#       this attempt, the worker was stopped cleanly), why it came back
+# Returns 'requeued', 'done' (already recorded), or 'exhausted:<attempts>'.
+HAND_BACK = """
+redis.call('XACK', KEYS[5], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[5], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'done' end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'failed' or state == 'dead' or state == 'elsewhere' then
+  return 'done'
+end
+if redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+if ARGV[5] == '1' and state == 'running' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+if state == 'running' then
+  redis.call('HINCRBY', KEYS[4], 'running', -1)
+  redis.call('HINCRBY', KEYS[4], 'queued', 1)
+end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'error', ARGV[6])
+redis.call('XADD', KEYS[5], '*', 'task', ARGV[3])
+return 'requeued'
+"""
+
+
+def enqueue_args(swarm: str, pool: str, task_id: str, source: str,
+                 now: float) -> tuple[list[str], list[str]]:
+    return (
+        [keys.task_meta(swarm, task_id), keys.queue(swarm, pool), keys.tasks(swarm),
+         keys.counts(swarm), keys.task_result(task_id), keys.task_claimed(task_id)],
+        [task_id, pool, source, f"{now:.6f}"],
+    )
+
+
+def start_args(swarm: str, task_id: str, claimant: str, ttl: int, now: float,
+               max_attempts: int) -> tuple[list[str], list[str]]:
+    return (
+        [keys.task_meta(swarm, task_id), keys.task_claimed(task_id),
+         keys.task_result(task_id), keys.counts(swarm)],
+        [claimant, str(ttl), f"{now:.6f}", str(max_attempts)],
+    )
+
+
+def finish_args(swarm: str, pool: str, task_id: str, entry_id: str, finding_id: str,
+                finding_json: str, status: str, error: str, dead_json: str,
+                now: float) -> tuple[list[str], list[str]]:
+    return (
+        [keys.task_meta(swarm, task_id), keys.task_result(task_id), keys.finding(finding_id),
+         keys.counts(swarm), keys.queue(swarm, pool), keys.dead(swarm)],
+        [finding_id, finding_json, status, f"{now:.6f}", entry_id, keys.GROUP, task_id,
+         error, dead_json, str(keys.DEAD_MAXLEN)],
+    )
+
+
+def hand_back_args(swarm: str, pool: str, task_id: str, entry_id: str, claimant: str,
+                   refund: bool, reason: str) -> tuple[list[str], list[str]]:
+    return (
+        [keys.task_meta(swarm, task_id), keys.task_result(task_id),
+         keys.task_claimed(task_id), keys.counts(swarm), keys.queue(swarm, pool)],
+        [entry_id, keys.GROUP, task_id, claimant, "1" if refund else "0", reason],
+    )

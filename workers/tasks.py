@@ -1,0 +1,272 @@
+"""Running tasks inside a worker: read deliveries from the pool's stream, claim each
+with the seed's ``SET task:{id}:claimed NX EX``, run the agent, record the finding once.
+
+At-least-once: a delivery stays pending in the consumer group until FINISH acknowledges
+it together with the result, so a worker that dies mid-task leaves it pending, and the
+supervisor hands it back the moment it reaps that worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from workers import keys, payload, scripts
+from workers.agent import Outcome, SpendLimitReached
+from workers.pricing import Usage, price_micro_usd
+
+if TYPE_CHECKING:
+    from workers.worker import Worker
+
+log = logging.getLogger("swarm.worker")
+
+
+class TaskRunner:
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        cfg = worker.cfg
+        self.cfg = cfg
+        self.stream = keys.queue(cfg.swarm, cfg.pool)
+        self.consumer = keys.consumer(cfg.worker_id, cfg.generation)
+        self.claim_ttl = int(cfg.task_timeout) + 60
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.running: dict[str, float] = {}  # task id -> monotonic start
+        r = worker.redis
+        self._start_sha = ""  # loaded at boot; used inside a pipeline by its sha
+        self._finish = r.register_script(scripts.FINISH)
+        self._enqueue = r.register_script(scripts.ENQUEUE)
+
+    # --- reading the queue ---------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        await ensure_group(self.w.redis, self.stream)
+        self._start_sha = await self.w.redis.script_load(scripts.START)
+
+    async def consume(self) -> None:
+        reader = self.cfg.redis.aio(socket_timeout=None)
+        block_ms = int(min(1.0, self.cfg.heartbeat_interval) * 1000)
+        complained = False
+        try:
+            while not self.w.stopping.is_set():
+                if self.w.paused:
+                    await _sleep_unless(self.w.stopping, 0.5)
+                    continue
+                free = self.cfg.concurrency - len(self.inflight)
+                if free <= 0:
+                    await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    replies = await reader.xreadgroup(
+                        keys.GROUP, self.consumer, {self.stream: ">"}, count=free,
+                        block=block_ms)
+                    complained = False
+                except Exception as exc:  # noqa: BLE001 - Redis away: wait, say so once
+                    if not complained:
+                        log.warning("cannot read the queue: %s", exc)
+                        complained = True
+                    if "NOGROUP" in str(exc):
+                        await self.ensure_group()
+                    await _sleep_unless(self.w.stopping, 0.5)
+                    continue
+                for _stream, entries in replies or []:
+                    for entry_id, fields in entries:
+                        self._spawn(entry_id, fields.get("task", ""))
+        finally:
+            await reader.aclose()
+
+    def _spawn(self, entry_id: str, task_id: str) -> None:
+        job = asyncio.create_task(self.run_entry(entry_id, task_id), name=f"task {task_id}")
+        self.inflight.add(job)
+        job.add_done_callback(self.inflight.discard)
+
+    async def drain(self, grace: float) -> None:
+        """On stop: let tasks in flight finish within ``grace``; cancel the rest (their
+        deliveries stay pending, and the supervisor hands them back)."""
+        if not self.inflight:
+            return
+        log.info("waiting up to %gs for %d task(s) in flight", grace, len(self.inflight))
+        _done, pending = await asyncio.wait(set(self.inflight), timeout=grace)
+        for job in pending:
+            job.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+            log.info("handed back %d unfinished task(s)", len(pending))
+
+    # --- one task ------------------------------------------------------------------
+
+    async def run_entry(self, entry_id: str, task_id: str) -> None:
+        try:
+            await self._run_entry(entry_id, task_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one task's bug never takes the worker down
+            log.exception("task %s: internal error (left pending for hand-back)", task_id)
+        finally:
+            self.running.pop(task_id, None)
+
+    async def _run_entry(self, entry_id: str, task_id: str) -> None:
+        r = self.w.redis
+        now = time.time()
+        k, a = scripts.start_args(self.cfg.swarm, task_id, self.consumer, self.claim_ttl, now,
+                                  self.cfg.max_attempts)
+        try:
+            verdict, raw, context, last_error = await self._start_pipeline(k, a, task_id)
+        except Exception as exc:  # noqa: BLE001
+            if "NOSCRIPT" not in str(exc):
+                raise
+            self._start_sha = await r.script_load(scripts.START)  # Redis lost its scripts
+            verdict, raw, context, last_error = await self._start_pipeline(k, a, task_id)
+        if verdict == "done" or verdict.startswith("taken:"):
+            await self._ack(entry_id)
+            if verdict.startswith("taken:"):
+                log.info("task %s: claimed by %s, not ours", task_id, verdict[6:])
+            return
+        if verdict == "exhausted":
+            reason = f"gave up after {self.cfg.max_attempts} attempts"
+            if last_error:
+                reason += f"; last: {last_error}"
+            await self._record(entry_id, task_id, _describe(raw), _failed(reason), dead=True)
+            return
+        try:
+            task = payload.parse(raw)
+        except payload.PayloadError as exc:
+            await self._record(entry_id, task_id, _describe(raw), _failed(str(exc)), dead=True)
+            return
+        self.running[task_id] = time.monotonic()
+        self.w.task_started(task_id)
+        try:
+            outcome = await self._execute(task, context)
+        finally:
+            self.w.task_ended(task_id)
+        await self._record(entry_id, task_id, task.description, outcome)
+
+    async def _start_pipeline(self, k: list[str], a: list[str], task_id: str) -> list[Any]:
+        """Claim, payload, shared context and last error: one round trip."""
+        pipe = self.w.redis.pipeline(transaction=False)
+        pipe.evalsha(self._start_sha, len(k), *k, *a)
+        pipe.get(keys.task(task_id))
+        pipe.get(keys.CONTEXT_ACTIVE)
+        pipe.hget(keys.task_meta(self.cfg.swarm, task_id), "error")
+        return list(await pipe.execute())
+
+    async def _execute(self, task: payload.Task, context: str | None) -> Outcome:
+        toolbox = self.w.toolbox()
+        try:
+            async with asyncio.timeout(self.cfg.task_timeout):
+                return await self.w.agent.run(task, toolbox, context)
+        except TimeoutError:
+            outcome = _failed(f"task timeout after {self.cfg.task_timeout:g}s")
+        except SpendLimitReached as exc:
+            await self.w.pause(f"API spend limit reached: {exc}")
+            outcome = _failed(f"API spend limit reached: {exc}")
+        outcome.files_changed = sorted(toolbox.files_changed)
+        return outcome
+
+    async def _record(self, entry_id: str, task_id: str, description: str,
+                      outcome: Outcome, dead: bool = False) -> None:
+        finding = self.finding(task_id, description, outcome)
+        dead_json = json.dumps({"task": task_id, "reason": outcome.error, "ts": time.time(),
+                                "worker": self.cfg.worker_id}) if dead else ""
+        k, a = scripts.finish_args(
+            self.cfg.swarm, self.cfg.pool, task_id, entry_id, finding["finding_id"],
+            json.dumps(finding), outcome.status, outcome.error or "", dead_json, time.time())
+        recorded = await self._finish(keys=k, args=a)
+        if not recorded:
+            log.warning("task %s already had a result; this run's finding is dropped", task_id)
+            return
+        self.w.count(outcome.status == "done")
+        if outcome.status != "done":
+            log.warning("task %s failed: %s", task_id, outcome.error)
+
+    def finding(self, task_id: str, description: str, outcome: Outcome) -> dict[str, Any]:
+        micro = price_micro_usd(self.cfg.model, outcome.usage) if outcome.calls else 0
+        return {
+            "finding_id": f"finding_{uuid.uuid4().hex[:16]}",
+            "worker_id": self.cfg.worker_id,
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "task": description,
+            "result": outcome.result,
+            "files_changed": outcome.files_changed,
+            "citations": outcome.citations,
+            "tokens_used": outcome.usage.total,
+            "cost": None if micro is None else micro / 1_000_000,
+            "model": self.cfg.model,
+            "status": outcome.status,
+            "error": outcome.error,
+            "task_id": task_id,
+            "pool": self.cfg.pool,
+            "generation": self.cfg.generation,
+            "turns": outcome.turns,
+            "api_calls": outcome.calls,
+            "usage": vars(outcome.usage),
+            "cost_micro_usd": micro,
+        }
+
+    async def _ack(self, entry_id: str) -> None:
+        pipe = self.w.redis.pipeline(transaction=False)
+        pipe.xack(self.stream, keys.GROUP, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        await pipe.execute()
+
+    # --- seed-style intake ---------------------------------------------------------
+
+    async def listen_seed(self) -> None:
+        """Tasks announced the seed's way (SET task:{id}; PUBLISH channel:tasks {id}) go
+        into the reliable queue; the ENQUEUE script makes the many listeners agree."""
+        while not self.w.stopping.is_set():
+            pubsub = self.w.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.CHANNEL_TASKS)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        await self.enqueue_announced(str(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis away: resubscribe shortly
+                await _sleep_unless(self.w.stopping, 1.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def enqueue_announced(self, task_id: str) -> None:
+        if not task_id or len(task_id) > 256 or any(c.isspace() for c in task_id):
+            return
+        raw = await self.w.redis.get(keys.task(task_id))
+        if raw is None:
+            return
+        pool = payload.route(raw, self.cfg.default_pool, self.cfg.pools)
+        k, a = scripts.enqueue_args(self.cfg.swarm, pool, task_id, "seed", time.time())
+        await self._enqueue(keys=k, args=a)
+
+
+async def ensure_group(redis: Any, stream: str) -> None:
+    try:
+        await redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+    except Exception as exc:  # noqa: BLE001
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _failed(reason: str) -> Outcome:
+    return Outcome("failed", "", error=reason, usage=Usage())
+
+
+def _describe(raw: Any) -> str:
+    try:
+        return str(json.loads(raw).get("description", ""))[:1000]
+    except Exception:  # noqa: BLE001
+        return "" if raw is None else str(raw)[:200]
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass
