@@ -340,3 +340,25 @@ def test_missing_api_key_is_said_at_up_and_in_each_finding(make_swarm, fake_api)
     log = (swarm.folder / "logs" / "supervisor.log").read_text()
     assert log.count("ANTHROPIC_API_KEY is not set") == 1
     assert fake_api.received() == []
+
+
+def test_python_api_submit_many_wait_and_bad_input(make_swarm, fake_api):
+    from launcher.client import SubmitError, Swarm as Api
+
+    swarm = make_swarm(fast_spec(pool("haiku", workers=1, extra="concurrency: 4\n")),
+                       env=api_env(fake_api)).start()
+    api = Api("t", swarm.redis())
+    ids = api.submit_many([f"bulk {i}" for i in range(20)])
+    assert len(set(ids)) == 20
+    findings = [api.wait(task_id, timeout=20) for task_id in ids]
+    assert [f["result"] for f in findings] == [f"done: bulk {i}" for i in range(20)]
+    with pytest.raises(SubmitError, match="has no pool 'nope'"):
+        api.submit("x", pool="nope")
+    with pytest.raises(SubmitError, match="description is empty"):
+        api.submit("   ")
+    fake_api.latency = 5.0
+    slow = api.submit("slow one")
+    with pytest.raises(TimeoutError, match=f"no finding for {slow}"):
+        api.wait(slow, timeout=0.3)
+    bad = swarm.cli("submit", "x", "--pool", "nope")
+    assert bad.returncode == 2 and bad.stderr.startswith("swarm: swarm 't' has no pool 'nope'")
