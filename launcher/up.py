@@ -59,7 +59,7 @@ def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = T
     state.write_redis(target, embedded is not None)
     state.write_pid(os.getpid())
     state.write_info(spec=str(spec.source), logs=str(spec.logs.dir), name=spec.name)
-    _preload()
+    _preload(spec)
     sup = Supervisor(spec, state, target, embedded=embedded, on_ready=notify,
                      on_tick=view.update if view else None)
     try:
@@ -94,14 +94,19 @@ def _connect(spec: SwarmSpec, state: StateDir) -> tuple[RedisTarget, EmbeddedRed
     return target, None
 
 
-def _preload() -> None:
-    """Import the worker's heavy modules once, here, so every fork shares them."""
-    import workers.worker  # noqa: F401
+def _preload(spec: SwarmSpec) -> None:
+    """Import the worker's heavy modules and load the price data once, here, so every
+    fork shares them instead of each worker paying for them on its first task."""
+    import anthropic  # noqa: F401
 
-    try:
-        import anthropic  # noqa: F401
-    except ImportError:
-        pass
+    import workers.agent  # noqa: F401
+    import workers.tasks  # noqa: F401
+    import workers.tools  # noqa: F401
+    import workers.worker  # noqa: F401
+    from workers.pricing import Usage, price_micro_usd
+
+    for pool in spec.pools.values():
+        price_micro_usd(pool.model, Usage(1, 1))
 
 
 def _setup_logging(spec: SwarmSpec, console: bool, live: object | None) -> None:

@@ -83,11 +83,11 @@ class Agent:
                 outcome.turns = turn
                 if on_call is not None:
                     await on_call(used)
-                messages.append({"role": "assistant", "content": _as_params(response.content)})
                 text = _text_of(response.content)
                 if response.stop_reason != "tool_use":
                     outcome.status, outcome.result = "done", text
                     break
+                messages.append({"role": "assistant", "content": _as_params(response.content)})
                 messages.append({"role": "user",
                                  "content": await _run_tools(response.content, toolbox)})
             else:

@@ -238,8 +238,11 @@ class TaskRunner:
     async def enqueue_announced(self, task_id: str) -> None:
         if not task_id or len(task_id) > 256 or any(c.isspace() for c in task_id):
             return
-        raw = await self.w.redis.get(keys.task(task_id))
-        if raw is None:
+        pipe = self.w.redis.pipeline(transaction=False)
+        pipe.exists(keys.task_meta(self.cfg.swarm, task_id))
+        pipe.get(keys.task(task_id))
+        known, raw = await pipe.execute()
+        if known or raw is None:  # e.g. our own `swarm submit`: already queued
             return
         pool = payload.route(raw, self.cfg.default_pool, self.cfg.pools)
         k, a = scripts.enqueue_args(self.cfg.swarm, pool, task_id, "seed", time.time())

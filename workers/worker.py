@@ -52,6 +52,10 @@ def _setup_logging(cfg: WorkerConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    # one line per HTTP request would cost more than the task's own work; the SDK's
+    # "Retrying request" lines (logger 'anthropic') stay
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class Worker:
