@@ -352,6 +352,46 @@ def resume(swarm: SwarmOption = None) -> None:
 
 
 @app.command()
+def cost(
+    by: Annotated[str, typer.Option("--by", help="worker, pool, model or task")] = "worker",
+    since: Annotated[Optional[str], typer.Option("--since", help="Only the last DURATION (e.g. 1h).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="With --by task: how many.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    swarm: SwarmOption = None,
+) -> None:
+    """What the swarm spent: per worker with pool and model subtotals, and what the same
+    tokens would have cost on the reference model."""
+    from launcher import costs
+    from launcher.units import parse_duration
+    from workers import keys
+
+    if by not in costs.DIMS:
+        fail(f"--by must be one of {', '.join(costs.DIMS)}, not {by!r}", 2)
+    try:
+        seconds = None if since is None else parse_duration(since)
+    except ValueError as exc:
+        fail(f"--since {exc}", 2)
+    found = _locate(swarm)
+    client = found.client()
+    meta = client.hgetall(keys.meta(found.name))
+    if by == "task":
+        rows = costs.rows_by_task(client, found.name, limit, seconds)
+    else:
+        rows = costs.rows_by(costs.read_counters(client, found.name, seconds), by)
+    reference = meta.get("reference_model", "")
+    source = meta.get("price_source", "unknown")
+    if as_json:
+        out.print_json(json.dumps({"swarm": found.name, "by": by, "since_seconds": seconds,
+                                   "reference_model": reference, "price_source": source,
+                                   "rows": [r.as_dict() for r in rows]}))
+    elif as_csv:
+        sys.stdout.write(costs.to_csv(rows))
+    else:
+        out.print(costs.render(rows, reference, source, by))
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec, for editors to validate swarm.yaml."""
     from launcher.spec import json_schema

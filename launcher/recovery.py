@@ -53,8 +53,17 @@ def hand_back(redis: Any, swarm: str, pool: str, consumer: str, reason: str,
     return requeued
 
 
+def lose_calls(redis: Any, swarm: str, pattern: str) -> tuple[int, int]:
+    """Count the API calls in flight of dead consumers (``pattern``, e.g. ``a-1#2|*``)
+    as lost in the ledger; returns (calls, upper bound in nano-dollars)."""
+    k, a = scripts.lose_args(swarm, pattern, time.time())
+    calls, bound = redis.register_script(scripts.LOSE)(keys=k, args=a)
+    return int(calls), int(bound)
+
+
 def recover_orphans(redis: Any, swarm: str, pools: list[str]) -> dict[str, int]:
-    """Hand back whatever consumers of an earlier run left pending."""
+    """Hand back whatever consumers of an earlier run left pending. (Their calls in
+    flight are counted as lost by the caller: at start, every call in flight is.)"""
     found: dict[str, int] = {}
     for pool in pools:
         for info in redis.xinfo_consumers(keys.queue(swarm, pool), keys.GROUP):

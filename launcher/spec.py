@@ -108,6 +108,29 @@ class Tools(_Model):
     shell_timeout: Duration = Field(30.0, gt=0)
 
 
+class PriceOverride(_Model):
+    """USD per million tokens; cache rates default to Anthropic's multiples of input."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float | None = Field(None, ge=0, description="5-minute writes; 1.25 x input")
+    cache_write_1h: float | None = Field(None, ge=0, description="1-hour writes; 2 x input")
+    cache_read: float | None = Field(None, ge=0, description="default 0.1 x input")
+
+    def rates(self) -> dict[str, float]:
+        return {
+            "input": self.input, "output": self.output,
+            "cache_write": self.input * 1.25 if self.cache_write is None else self.cache_write,
+            "cache_write_1h": self.input * 2 if self.cache_write_1h is None else self.cache_write_1h,
+            "cache_read": self.input * 0.1 if self.cache_read is None else self.cache_read,
+        }
+
+
+class RateLimit(_Model):
+    rpm: Count | None = Field(None, ge=1, description="requests per minute, swarm-wide")
+    tpm: Count | None = Field(None, ge=1, description="input+output tokens per minute")
+
+
 class Pool(_Model):
     model: str = Field(min_length=1, description="the Claude model id")
     workers: Count = Field(1, ge=1, le=4096)
@@ -126,6 +149,8 @@ class Pool(_Model):
     max_tokens: Count = Field(4096, ge=1, le=1_000_000, description="per API call")
     max_retries: Count = Field(4, ge=0, le=20, description="SDK retries of 429/529/5xx")
     tools: Tools = Field(default_factory=Tools)
+    budget_usd: float | None = Field(None, gt=0, description="no new task once this pool spent it")
+    max_cost_usd: float | None = Field(None, gt=0, description="a task spending this fails")
 
     @field_validator("env", mode="before")
     @classmethod
@@ -164,6 +189,16 @@ class SwarmSpec(_Model):
     pools: dict[str, Pool] = Field(min_length=1)
     default_pool: str | None = Field(
         None, description="where tasks without a pool go; default the first pool"
+    )
+    budget_usd: float | None = Field(None, gt=0, description="no new task once the swarm spent it")
+    reference_model: str | None = Field(
+        None, description="`swarm cost` compares with this model; default the newest Sonnet"
+    )
+    prices: dict[str, PriceOverride] = Field(
+        default_factory=dict, description="per-model price overrides, USD per million tokens"
+    )
+    rate_limits: dict[str, RateLimit] = Field(
+        default_factory=dict, description="per-model limits shared by every worker"
     )
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
     pipe.hgetall(keys.counts(name))
     pipe.get(keys.paused(name))
     meta, slots, pools, counts, paused = pipe.execute()
+    pool_pauses = dict(zip(pools, client.mget([keys.paused(name, p) for p in pools]))) if pools else {}
     if not meta or meta.get("state") == "stopped":
         raise NotRunning(f"swarm '{name}' is not running")
     ids = sorted(slots, key=_slot_order)
@@ -53,6 +54,7 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
         "responding": age < STALE_AFTER,
         "pools": {pool: int(n) for pool, n in pools.items()},
         "paused": paused,
+        "paused_pools": {p: why for p, why in pool_pauses.items() if why},
         "tasks": {state: int(counts.get(state, 0))
                   for state in ("queued", "running", "done", "failed", "dead", "elsewhere")},
         "workers": workers,
@@ -118,6 +120,8 @@ def render(view: dict[str, Any]) -> Any:
     )
     if view["paused"]:
         tasks_line.append(f"  PAUSED: {view['paused']}", style="bold red")
+    for pool_name, why in view.get("paused_pools", {}).items():
+        tasks_line.append(f"  PAUSED {pool_name}: {why}", style="bold red")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("WORKER", "PID", "STATE", "BEAT", "TASK", "DONE", "FAILED",
                    "RESTARTS", "RSS", "CPU%", "LAST EXIT"):

@@ -49,6 +49,7 @@ from launcher.spec import SwarmSpec
 from launcher.state import StateDir
 from workers import keys
 from workers.config import EXIT_BOOT_FAILED, EXIT_ORPHANED, WorkerConfig
+from workers.pricing import source as price_source_of
 from workers.redis_target import RedisTarget
 
 log = logging.getLogger("swarm.supervisor")
@@ -100,6 +101,10 @@ class Supervisor:
         self._redis_ok_since = time.monotonic()
         self._ready_sent = False
         self._handbacks: list[tuple[str, str, str, bool]] = []  # waiting for Redis
+        self._budget_reached: set[str] = set()
+        from workers.pricing import newest_sonnet
+
+        self.reference_model = self.spec.reference_model or newest_sonnet()
         self.tick_interval = min(
             [0.5] + [p.heartbeat.expiry / 4 for p in self.spec.pools.values()]
         )
@@ -245,9 +250,13 @@ class Supervisor:
             except Exception as exc:  # noqa: BLE001 - Redis down: retry next tick
                 log.warning("cannot hand back %s's tasks yet: %s", consumer, exc)
                 return
+            calls, bound = recovery.lose_calls(self.redis, self.spec.name, f"{consumer}|*")
             self._handbacks.pop(0)
             if count:
                 self.events.record("handed_back", consumer=consumer, tasks=count)
+            if calls:
+                self.events.record("calls_lost", consumer=consumer, calls=calls,
+                                   bound_usd=f"{bound / 1e9:.6f}", level=logging.WARNING)
 
     def _recover(self) -> None:
         pools = list(self.spec.pools)
@@ -256,6 +265,10 @@ class Supervisor:
                                                         pools).items():
             if count:
                 self.events.record("handed_back", consumer=consumer, tasks=count)
+        calls, bound = recovery.lose_calls(self.redis, self.spec.name, "*")
+        if calls:
+            self.events.record("calls_lost", consumer="(earlier run)", calls=calls,
+                               bound_usd=f"{bound / 1e9:.6f}", level=logging.WARNING)
         found = recovery.scan_seed_tasks(self.redis, self.spec.name,
                                          str(self.spec.default_pool), pools)
         if found:
@@ -316,6 +329,13 @@ class Supervisor:
             max_tokens=pool.max_tokens,
             max_retries=pool.max_retries,
             tools=pool.tools.model_dump(),
+            prices={m: o.rates() for m, o in self.spec.prices.items()},
+            reference_model=self.reference_model,
+            max_cost_usd=pool.max_cost_usd,
+            budget_usd=self.spec.budget_usd,
+            pool_budget_usd=pool.budget_usd,
+            rate_limit=(self.spec.rate_limits[pool.model].model_dump()
+                        if pool.model in self.spec.rate_limits else {}),
         )
         close = [self._wake_r, self._wake_w] + [p.fd for p in self.running.values()]
         try:
@@ -386,6 +406,9 @@ class Supervisor:
         if publish:
             self._queue_publish(pipe)
         self.events.flush_into(pipe)
+        budgets = self._budgets()
+        if budgets:
+            pipe.hmget(keys.ledger(self.spec.name), [field for field, *_ in budgets])
         pipe.mget([keys.heartbeat(s.worker_id) for s in live] or ["-"])
         pipe.lpop(keys.control(self.spec.name), 100)
         try:
@@ -405,6 +428,8 @@ class Supervisor:
         self._judge_heartbeats(live, results[-2], now)
         for raw in results[-1] or []:
             self._control(raw)
+        if budgets:
+            self._judge_budgets(budgets, results[-3])
         self._maybe_ready()
 
     def _queue_publish(self, pipe: Any) -> None:
@@ -419,6 +444,29 @@ class Supervisor:
             "tick": time.time(),
         })
         pipe.hset(keys.pools(name), mapping=self.targets)
+
+    def _budgets(self) -> list[tuple[str, float, str, str | None]]:
+        """(ledger field, budget in USD, who, pool) for every budget in the spec."""
+        found = []
+        if self.spec.budget_usd is not None:
+            found.append(("total|*|nano", self.spec.budget_usd, "the swarm", None))
+        for name, pool in self.spec.pools.items():
+            if pool.budget_usd is not None:
+                found.append((f"pool|{name}|nano", pool.budget_usd, f"pool {name}", name))
+        return found
+
+    def _judge_budgets(self, budgets: list[tuple[str, float, str, str | None]],
+                       spent: list[str | None]) -> None:
+        """A budget used up pauses new work (once; workers also check at each start)."""
+        for (_field, budget, who, pool), value in zip(budgets, spent):
+            nano = int(value or 0)
+            if nano < budget * 1e9 or who in self._budget_reached:
+                continue
+            self._budget_reached.add(who)
+            reason = f"budget reached: {who} spent ${nano / 1e9:.6f} of ${budget:g}"
+            self.redis.set(keys.paused(self.spec.name, pool), reason)
+            self.events.record("budget_reached", who=who, spent_usd=f"{nano / 1e9:.6f}",
+                               budget_usd=budget, level=logging.WARNING)
 
     def _slot_view(self, slot: Slot) -> dict[str, Any]:
         return {
@@ -620,6 +668,12 @@ class Supervisor:
         pipe = self.redis.pipeline(transaction=False)
         pipe.sadd(keys.REGISTRY, name)
         pipe.delete(keys.slots(name), keys.pools(name))
+        # a pause for a budget is re-judged against this spec's budgets; a spend-limit
+        # pause stays until `swarm resume`
+        for pool in [None, *self.spec.pools]:
+            pipe.eval("local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, 15) == "
+                      "'budget reached:' then redis.call('DEL', KEYS[1]) end return 0", 1,
+                      keys.paused(name, pool))
         pipe.hset(keys.meta(name), mapping={
             "state": "starting",
             "pid": self.pid,
@@ -627,6 +681,8 @@ class Supervisor:
             "started": time.time(),
             "spec": str(self.spec.source or ""),
             "default_pool": str(self.spec.default_pool),
+            "reference_model": self.reference_model or "",
+            "price_source": price_source(sorted(self.spec.prices)),
             "redis": "embedded" if self.embedded else "external",
         })
         pipe.execute()
@@ -665,6 +721,11 @@ class Supervisor:
                 f"{s.worker_id}: {s.last_exit}" for s in fatal[:3]
             )
         self.on_ready(problem)
+
+
+def price_source(overridden: list[str]) -> str:
+    text = price_source_of()
+    return text + (f"; spec overrides: {', '.join(overridden)}" if overridden else "")
 
 
 __all__ = ["Supervisor", "RUNNING", "RESTARTING", "STARTING"]

@@ -103,10 +103,11 @@ def _preload(spec: SwarmSpec) -> None:
     import workers.tasks  # noqa: F401
     import workers.tools  # noqa: F401
     import workers.worker  # noqa: F401
-    from workers.pricing import Usage, price_micro_usd
+    from workers.pricing import PriceBook, newest_sonnet
 
-    for pool in spec.pools.values():
-        price_micro_usd(pool.model, Usage(1, 1))
+    book = PriceBook()
+    for model in {p.model for p in spec.pools.values()} | {newest_sonnet() or ""}:
+        book.knows(model)
 
 
 def _setup_logging(spec: SwarmSpec, console: bool, live: object | None) -> None:

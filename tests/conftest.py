@@ -194,7 +194,7 @@ def fast_spec(pools: str, name: str = "t", extra: str = "") -> str:
 
 POOL = """\
 {name}:
-  model: test-model
+  model: {model}
   workers: {workers}
   heartbeat: {{expiry: {expiry}, interval: {interval}}}
   restart:
@@ -206,9 +206,10 @@ POOL = """\
 
 
 def pool(name: str, workers: int = 1, expiry: str = "1500ms", interval: str = "300ms",
-         max_restarts: int = 5, extra: str = "") -> str:
+         max_restarts: int = 5, extra: str = "", model: str = "test-model") -> str:
     return POOL.format(name=name, workers=workers, expiry=expiry, interval=interval,
-                       max_restarts=max_restarts, extra=textwrap.indent(extra, "  "))
+                       max_restarts=max_restarts, extra=textwrap.indent(extra, "  "),
+                       model=model)
 
 
 def loads(text: str) -> Any:

@@ -8,12 +8,15 @@ what reaches here has already been retried, or must not be (401, 400).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import anthropic
 
+from workers.ledger import Ledger
 from workers.payload import Task
 from workers.pricing import Usage
 from workers.prompt import system_blocks
@@ -48,22 +51,50 @@ class Outcome:
     calls: int = 0
     files_changed: list[str] = field(default_factory=list)
     citations: list[str] = field(default_factory=list)
-
-
-OnCall = Callable[[Usage], Awaitable[None]]
+    nano: int | None = 0  # what the calls cost, as the ledger priced them (None: unknown)
 
 
 class Agent:
     def __init__(self, client: anthropic.AsyncAnthropic | None, model: str, max_turns: int,
-                 max_tokens: int, missing_key: str | None = None) -> None:
+                 max_tokens: int, missing_key: str | None = None, ledger: Ledger | None = None,
+                 max_cost_nano: int | None = None) -> None:
         self.client = client
         self.model = model
         self.max_turns = max_turns
         self.max_tokens = max_tokens
         self.missing_key = missing_key
+        self.ledger = ledger
+        self.max_cost_nano = max_cost_nano
+
+    async def _call(self, task_id: str, outcome: Outcome, **request: Any) -> Any:
+        """One API call: registered in the ledger before it is sent, settled when the
+        response arrives, withdrawn if the API answered with an error (not billed),
+        counted as lost if we never learn its fate."""
+        assert self.client is not None
+        call = None
+        if self.ledger is not None:
+            size = len(json.dumps(request, default=str))
+            call = await self.ledger.begin(task_id, size, self.max_tokens)
+        try:
+            response = await self.client.messages.create(**request)
+        except anthropic.APIStatusError:
+            if call is not None:
+                await self.ledger.withdraw(call)  # type: ignore[union-attr]
+            raise
+        except (anthropic.APIConnectionError, asyncio.CancelledError):
+            if call is not None:
+                await asyncio.shield(self.ledger.lose(call))  # type: ignore[union-attr]
+            raise
+        used = Usage.of(response.usage)
+        outcome.usage.add(used)
+        outcome.calls += 1
+        if call is not None:
+            nano = await self.ledger.settle(call, used)  # type: ignore[union-attr]
+            outcome.nano = None if nano is None or outcome.nano is None else outcome.nano + nano
+        return response
 
     async def run(self, task: Task, toolbox: Toolbox, context: str | None,
-                  on_call: OnCall | None = None) -> Outcome:
+                  task_id: str = "") -> Outcome:
         outcome = Outcome("failed", "")
         if self.client is None:
             outcome.error = self.missing_key or "no API client"
@@ -72,20 +103,20 @@ class Agent:
         tools = toolbox.definitions()
         try:
             for turn in range(1, self.max_turns + 1):
-                response = await self.client.messages.create(
-                    model=self.model, max_tokens=self.max_tokens,
+                response = await self._call(
+                    task_id, outcome, model=self.model, max_tokens=self.max_tokens,
                     system=system_blocks(context), messages=messages,
                     **({"tools": tools} if tools else {}),
                 )
-                used = Usage.of(response.usage)
-                outcome.usage.add(used)
-                outcome.calls += 1
                 outcome.turns = turn
-                if on_call is not None:
-                    await on_call(used)
                 text = _text_of(response.content)
                 if response.stop_reason != "tool_use":
                     outcome.status, outcome.result = "done", text
+                    break
+                if self._over_budget(outcome):
+                    outcome.result = text
+                    outcome.error = (f"task cost limit reached: ${outcome.nano / 1e9:.6f} of "
+                                     f"max_cost_usd ${self.max_cost_nano / 1e9:g}")  # type: ignore[operator]
                     break
                 messages.append({"role": "assistant", "content": _as_params(response.content)})
                 messages.append({"role": "user",
@@ -108,6 +139,11 @@ class Agent:
         outcome.files_changed = sorted(toolbox.files_changed)
         outcome.citations = sorted(set(_FINDING_ID.findall(task.description + outcome.result)))
         return outcome
+
+
+    def _over_budget(self, outcome: Outcome) -> bool:
+        return (self.max_cost_nano is not None and outcome.nano is not None
+                and outcome.nano >= self.max_cost_nano)
 
 
 def _user_text(task: Task) -> str:

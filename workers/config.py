@@ -37,3 +37,9 @@ class WorkerConfig:
     max_tokens: int = 4096
     max_retries: int = 4
     tools: dict[str, object] = field(default_factory=dict)  # workers.tools.ToolSettings
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> rates
+    reference_model: str | None = None
+    max_cost_usd: float | None = None
+    budget_usd: float | None = None  # the swarm's
+    pool_budget_usd: float | None = None
+    rate_limit: dict[str, int | None] = field(default_factory=dict)  # rpm, tpm of our model

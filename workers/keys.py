@@ -121,10 +121,46 @@ def dead(swarm: str) -> str:
     return f"{_ns(swarm)}:dead"
 
 
-def paused(swarm: str) -> str:
-    """String: when set, no worker starts new work; the value is the reason."""
-    return f"{_ns(swarm)}:paused"
+def paused(swarm: str, pool: str | None = None) -> str:
+    """String: when set, no worker (of ``pool``, or of the swarm) starts new work; the
+    value is the reason (API spend limit, budget reached)."""
+    return f"{_ns(swarm)}:paused" + (f":{pool}" if pool else "")
 
 
+def ledger(swarm: str) -> str:
+    """Hash: every cost counter, pre-aggregated. Fields are ``{dim}|{key}|{metric}`` with
+    dim total (key ``*``), worker, pool or model, and metric calls, input, output,
+    cache_write, cache_read, nano (cost, 1e-9 USD), ref_nano (the same tokens on the
+    reference model), unpriced_calls, lost_calls, lost_bound_nano."""
+    return f"{_ns(swarm)}:ledger"
+
+
+def ledger_minute(swarm: str, minute: int) -> str:
+    """Hash: the ledger's counters for one minute (Unix time // 60), for --since."""
+    return f"{_ns(swarm)}:ledger:m:{minute}"
+
+
+def task_costs(swarm: str) -> str:
+    """Sorted set: task id -> nano-dollars spent on it (all its attempts)."""
+    return f"{_ns(swarm)}:ledger:tasks"
+
+
+def inflight(swarm: str) -> str:
+    """Hash: API calls sent and not yet settled: ``{consumer}|{call}`` -> JSON with the
+    task, model and an upper bound on the call's cost."""
+    return f"{_ns(swarm)}:inflight"
+
+
+def rate(swarm: str, model: str) -> str:
+    """Hash: the swarm-wide request and token buckets of one model (level, time)."""
+    return f"{_ns(swarm)}:rate:{model}"
+
+
+def cooldown(swarm: str, model: str) -> str:
+    """String with a TTL: after a 429, no worker calls ``model`` until it expires."""
+    return f"{_ns(swarm)}:rate:{model}:cooldown"
+
+
+LEDGER_MINUTE_TTL = 8 * 24 * 3600
 EVENTS_MAXLEN = 10_000
 DEAD_MAXLEN = 10_000

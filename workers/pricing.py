@@ -1,30 +1,42 @@
-"""What an API call cost, from genai-prices' bundled data (offline; its network updater
-is never started). Money is integer micro-dollars so totals add up exactly."""
+"""What an API call cost, from genai-prices' bundled data (offline: its network updater is
+never started), with per-model overrides from the spec. Money is integer nano-dollars
+(1e-9 USD), so per-call costs are exact and every total adds up to the last digit.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
+from importlib import metadata
 from typing import Any
+
+NANO = Decimal(1_000_000_000)
+_MTOK = Decimal(1_000_000)
 
 
 @dataclass
 class Usage:
-    """Token counts as the API reports them: input excludes the cache tokens."""
+    """Token counts as the API reports them: ``input`` excludes the cache tokens, and
+    cache writes are split by lifetime (5 minutes, 1 hour)."""
 
     input: int = 0
     output: int = 0
     cache_creation: int = 0
     cache_read: int = 0
+    cache_creation_1h: int = 0  # part of cache_creation written with a 1 h lifetime
 
     @classmethod
     def of(cls, usage: Any) -> Usage:
+        split = getattr(usage, "cache_creation", None)
+        one_hour = int(getattr(split, "ephemeral_1h_input_tokens", 0) or 0) if split else 0
         return cls(
             int(getattr(usage, "input_tokens", 0) or 0),
             int(getattr(usage, "output_tokens", 0) or 0),
             int(getattr(usage, "cache_creation_input_tokens", 0) or 0),
             int(getattr(usage, "cache_read_input_tokens", 0) or 0),
+            one_hour,
         )
 
     def add(self, other: Usage) -> None:
@@ -32,36 +44,122 @@ class Usage:
         self.output += other.output
         self.cache_creation += other.cache_creation
         self.cache_read += other.cache_read
+        self.cache_creation_1h += other.cache_creation_1h
 
     @property
     def total(self) -> int:
         return self.input + self.output + self.cache_creation + self.cache_read
 
 
-@lru_cache(maxsize=64)
-def _known(model: str) -> bool:
-    return price_micro_usd(model, Usage(1, 1)) is not None
+@dataclass(frozen=True)
+class Rates:
+    """USD per million tokens, for a spec override."""
+
+    input: Decimal
+    output: Decimal
+    cache_write: Decimal
+    cache_read: Decimal
+    cache_write_1h: Decimal
+
+    def nano(self, u: Usage) -> int:
+        five_min = u.cache_creation - u.cache_creation_1h
+        usd = (u.input * self.input + u.output * self.output + five_min * self.cache_write
+               + u.cache_creation_1h * self.cache_write_1h + u.cache_read * self.cache_read)
+        return int((usd / _MTOK * NANO).to_integral_value())
 
 
-def price_micro_usd(model: str, usage: Usage) -> int | None:
-    """Micro-dollars for one call, or None for a model the price data does not know."""
+def source() -> str:
+    """Which price data is used, for reports."""
+    try:
+        version = metadata.version("genai-prices")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    return f"genai-prices {version} (bundled data, offline)"
+
+
+class PriceBook:
+    def __init__(self, overrides: dict[str, Rates] | None = None) -> None:
+        self.overrides = dict(overrides or {})
+
+    def nano(self, model: str, usage: Usage) -> int | None:
+        """Nano-dollars for one call, or None for a model no price data knows."""
+        if model in self.overrides:
+            return self.overrides[model].nano(usage)
+        return _genai_nano(model, usage)
+
+    def knows(self, model: str) -> bool:
+        return self.nano(model, Usage(1, 1)) is not None
+
+    def bound_nano(self, model: str, input_tokens: int, max_tokens: int) -> int:
+        """An upper bound on what a call can cost: every input token at the dearest input
+        rate (a 1 h cache write) and ``max_tokens`` of output. 0 if the model is unknown."""
+        dearest = max(self.nano(model, Usage(cache_creation=input_tokens,
+                                             cache_creation_1h=input_tokens)) or 0,
+                      self.nano(model, Usage(input=input_tokens)) or 0)
+        return dearest + (self.nano(model, Usage(output=max_tokens)) or 0)
+
+
+def _genai_nano(model: str, usage: Usage) -> int | None:
+    if not _genai_knows(model):
+        return None
+    from genai_prices import Usage as GUsage
+    from genai_prices import calc_price
+
+    five_min = usage.cache_creation - usage.cache_creation_1h
+    price = calc_price(
+        GUsage(
+            # genai-prices counts cache tokens inside input_tokens; the API does not
+            input_tokens=usage.input + usage.cache_creation + usage.cache_read,
+            output_tokens=usage.output,
+            cache_write_tokens=usage.cache_creation,
+            cache_write_5m_tokens=five_min,
+            cache_write_1h_tokens=usage.cache_creation_1h,
+            cache_read_tokens=usage.cache_read,
+        ),
+        model_ref=model,
+        provider_id="anthropic",
+    )
+    return int((price.total_price * NANO).to_integral_value())
+
+
+@lru_cache(maxsize=256)
+def _genai_knows(model: str) -> bool:
     from genai_prices import Usage as GUsage
     from genai_prices import calc_price
 
     try:
-        price = calc_price(
-            GUsage(
-                # genai-prices counts cache tokens inside input_tokens; the API does not
-                input_tokens=usage.input + usage.cache_creation + usage.cache_read,
-                output_tokens=usage.output,
-                cache_write_tokens=usage.cache_creation,
-                cache_read_tokens=usage.cache_read,
-            ),
-            model_ref=model,
-            provider_id="anthropic",
-        )
-    except LookupError:
-        return None
-    except Exception:  # noqa: BLE001 - genai-prices raises plain errors for unknown models
-        return None
-    return int((price.total_price * Decimal(1_000_000)).to_integral_value())
+        calc_price(GUsage(input_tokens=1, output_tokens=1), model_ref=model,
+                   provider_id="anthropic")
+    except Exception:  # noqa: BLE001 - genai-prices raises LookupError/ValueError for these
+        return False
+    return True
+
+
+_SONNET = re.compile(r"^claude-sonnet-(\d+)(?:-(\d+))?$")
+
+
+def newest_sonnet() -> str | None:
+    """The current Sonnet in the price data (highest version not marked deprecated), so
+    the default reference model moves on when models retire, with no id written here."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    best: tuple[tuple[int, int], str] | None = None
+    for provider in get_snapshot().providers:
+        if provider.id != "anthropic":
+            continue
+        for model in provider.models:
+            match = _SONNET.match(model.id)
+            if not match or getattr(model, "deprecated", False):
+                continue
+            version = (int(match.group(1)), int(match.group(2) or 0))
+            if best is None or version > best[0]:
+                best = (version, model.id)
+    return best[1] if best else None
+
+
+def family(model: str) -> str:
+    """The seed's cost counter family: 'haiku', 'sonnet', 'opus', else the model id."""
+    for name in ("haiku", "sonnet", "opus"):
+        if name in model:
+            return name
+    return model

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from workers import keys, payload, scripts
 from workers.agent import Outcome, SpendLimitReached
-from workers.pricing import Usage, price_micro_usd
+from workers.pricing import Usage
 
 if TYPE_CHECKING:
     from workers.worker import Worker
@@ -39,6 +39,10 @@ class TaskRunner:
         r = worker.redis
         self._start_sha = ""  # loaded at boot; used inside a pipeline by its sha
         self._finish = r.register_script(scripts.FINISH)
+        self._hand_back = r.register_script(scripts.HAND_BACK)
+        self._budgets = [("total|*|nano", cfg.budget_usd, "the swarm", None),
+                         (f"pool|{cfg.pool}|nano", cfg.pool_budget_usd, f"pool {cfg.pool}",
+                          cfg.pool)]
         self._enqueue = r.register_script(scripts.ENQUEUE)
 
     # --- reading the queue ---------------------------------------------------------
@@ -115,12 +119,14 @@ class TaskRunner:
         k, a = scripts.start_args(self.cfg.swarm, task_id, self.consumer, self.claim_ttl, now,
                                   self.cfg.max_attempts)
         try:
-            verdict, raw, context, last_error = await self._start_pipeline(k, a, task_id)
+            verdict, raw, context, last_error, spent = await self._start_pipeline(k, a, task_id)
         except Exception as exc:  # noqa: BLE001
             if "NOSCRIPT" not in str(exc):
                 raise
             self._start_sha = await r.script_load(scripts.START)  # Redis lost its scripts
-            verdict, raw, context, last_error = await self._start_pipeline(k, a, task_id)
+            verdict, raw, context, last_error, spent = await self._start_pipeline(k, a, task_id)
+        if verdict == "run" and await self._over_budget(spent, entry_id, task_id):
+            return
         if verdict == "done" or verdict.startswith("taken:"):
             await self._ack(entry_id)
             if verdict.startswith("taken:"):
@@ -140,7 +146,7 @@ class TaskRunner:
         self.running[task_id] = time.monotonic()
         self.w.task_started(task_id)
         try:
-            outcome = await self._execute(task, context)
+            outcome = await self._execute(task, context, task_id)
         finally:
             self.w.task_ended(task_id)
         await self._record(entry_id, task_id, task.description, outcome)
@@ -152,13 +158,28 @@ class TaskRunner:
         pipe.get(keys.task(task_id))
         pipe.get(keys.CONTEXT_ACTIVE)
         pipe.hget(keys.task_meta(self.cfg.swarm, task_id), "error")
+        pipe.hmget(keys.ledger(self.cfg.swarm), [field for field, *_ in self._budgets])
         return list(await pipe.execute())
 
-    async def _execute(self, task: payload.Task, context: str | None) -> Outcome:
+    async def _over_budget(self, spent: list[str | None], entry_id: str, task_id: str) -> bool:
+        """If a budget is used up, give the task back untouched (the attempt refunded)
+        and pause: no new task starts; tasks already running finish."""
+        for (_field, budget, who, pool), value in zip(self._budgets, spent):
+            if budget is None or int(value or 0) < budget * 1e9:
+                continue
+            reason = f"budget reached: {who} spent ${int(value or 0) / 1e9:.6f} of ${budget:g}"
+            k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
+                                          self.consumer, True, reason)
+            await self._hand_back(keys=k, args=a)
+            await self.w.pause(reason, pool)
+            return True
+        return False
+
+    async def _execute(self, task: payload.Task, context: str | None, task_id: str) -> Outcome:
         toolbox = self.w.toolbox()
         try:
             async with asyncio.timeout(self.cfg.task_timeout):
-                return await self.w.agent.run(task, toolbox, context)
+                return await self.w.agent.run(task, toolbox, context, task_id)
         except TimeoutError:
             outcome = _failed(f"task timeout after {self.cfg.task_timeout:g}s")
         except SpendLimitReached as exc:
@@ -184,7 +205,7 @@ class TaskRunner:
             log.warning("task %s failed: %s", task_id, outcome.error)
 
     def finding(self, task_id: str, description: str, outcome: Outcome) -> dict[str, Any]:
-        micro = price_micro_usd(self.cfg.model, outcome.usage) if outcome.calls else 0
+        nano = outcome.nano
         return {
             "finding_id": f"finding_{uuid.uuid4().hex[:16]}",
             "worker_id": self.cfg.worker_id,
@@ -194,7 +215,7 @@ class TaskRunner:
             "files_changed": outcome.files_changed,
             "citations": outcome.citations,
             "tokens_used": outcome.usage.total,
-            "cost": None if micro is None else micro / 1_000_000,
+            "cost": None if nano is None else nano / 1e9,
             "model": self.cfg.model,
             "status": outcome.status,
             "error": outcome.error,
@@ -204,7 +225,7 @@ class TaskRunner:
             "turns": outcome.turns,
             "api_calls": outcome.calls,
             "usage": vars(outcome.usage),
-            "cost_micro_usd": micro,
+            "cost_nano_usd": nano,
         }
 
     async def _ack(self, entry_id: str) -> None:

@@ -113,7 +113,7 @@ class Worker:
             except Exception:
                 log.exception("on_start hook %s failed", self.cfg.on_start)
                 return False
-        self.agent = _make_agent(self.cfg)
+        self.agent = _make_agent(self.cfg, self.redis)
         from workers.tasks import TaskRunner
 
         self.runner = TaskRunner(self)
@@ -147,12 +147,12 @@ class Worker:
         else:
             self.failed += 1
 
-    async def pause(self, reason: str) -> None:
-        """Stop the whole swarm from taking new work (every worker reads the flag with
-        its next beat); tasks in flight finish."""
+    async def pause(self, reason: str, pool: str | None = None) -> None:
+        """Stop the whole swarm (or one pool) from taking new work; every worker reads the
+        flag with its next beat. Tasks in flight finish."""
         self.paused = reason
-        log.error("pausing the swarm: %s", reason)
-        await self.redis.set(keys.paused(self.cfg.swarm), reason)
+        log.error("pausing %s: %s", f"pool {pool}" if pool else "the swarm", reason)
+        await self.redis.set(keys.paused(self.cfg.swarm, pool), reason)
 
     def request_stop(self, sig: int | None = None) -> None:
         if not self.stopping.is_set():
@@ -177,9 +177,10 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self._beat_key, now, px=self._beat_ms)
         pipe.hset(self._status_key, mapping=self._report(now))
-        pipe.get(keys.paused(self.cfg.swarm))
+        pipe.mget(keys.paused(self.cfg.swarm), keys.paused(self.cfg.swarm, self.cfg.pool))
         try:
-            self.paused = (await pipe.execute())[-1]
+            swarm_wide, pool_only = (await pipe.execute())[-1]
+            self.paused = swarm_wide or pool_only
             if self._redis_down_logged:
                 log.info("Redis is back")
                 self._redis_down_logged = False
@@ -211,9 +212,13 @@ class Worker:
         log.info("stopped")
 
 
-def _make_agent(cfg: WorkerConfig) -> Any:
+def _make_agent(cfg: WorkerConfig, redis: Any) -> Any:
     """One SDK client per process, built after fork and reused by every task."""
+    from decimal import Decimal
+
     from workers.agent import Agent
+    from workers.ledger import Ledger
+    from workers.pricing import PriceBook, Rates
 
     if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         reason = "ANTHROPIC_API_KEY is not set: set it in the environment of `swarm up`"
@@ -221,8 +226,45 @@ def _make_agent(cfg: WorkerConfig) -> Any:
         return Agent(None, cfg.model, cfg.max_turns, cfg.max_tokens, missing_key=reason)
     import anthropic
 
-    client = anthropic.AsyncAnthropic(max_retries=cfg.max_retries)
-    return Agent(client, cfg.model, cfg.max_turns, cfg.max_tokens)
+    prices = PriceBook({model: Rates(**{k: Decimal(str(v)) for k, v in rates.items()})
+                        for model, rates in cfg.prices.items()})
+    if not prices.knows(cfg.model):
+        log.warning("no price for model %s: its tokens are counted, its cost is not",
+                    cfg.model)
+    ledger = Ledger(redis, cfg.swarm, cfg.worker_id, keys.consumer(cfg.worker_id,
+                    cfg.generation), cfg.pool, cfg.model, prices, cfg.reference_model,
+                    rpm=cfg.rate_limit.get("rpm"), tpm=cfg.rate_limit.get("tpm"))
+    client = anthropic.AsyncAnthropic(max_retries=cfg.max_retries,
+                                      http_client=_http_client(cfg, ledger))
+    limit = None if cfg.max_cost_usd is None else int(Decimal(str(cfg.max_cost_usd)) * 10**9)
+    return Agent(client, cfg.model, cfg.max_turns, cfg.max_tokens, ledger=ledger,
+                 max_cost_nano=limit)
+
+
+def _http_client(cfg: WorkerConfig, ledger: Any) -> Any:
+    """The SDK's own client class, with room to keep every task's connection alive, and
+    a hook that turns any 429 into a swarm-wide cool-down (the SDK still retries it)."""
+    import anthropic
+    import httpx2
+
+    async def on_response(response: Any) -> None:
+        if response.status_code == 429:
+            await ledger.cool_down(_retry_after(response.headers))
+
+    return anthropic.DefaultAsyncHttpxClient(
+        limits=httpx2.Limits(max_connections=max(1000, cfg.concurrency * 2),
+                             max_keepalive_connections=max(100, cfg.concurrency)),
+        event_hooks={"response": [on_response]},
+    )
+
+
+def _retry_after(headers: Any) -> float:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return max(0.05, min(60.0, float(headers.get(name)) * scale))
+        except (TypeError, ValueError):
+            continue
+    return 1.0
 
 
 def _import_string(path: str) -> Any:

@@ -1,0 +1,148 @@
+"""`swarm cost`: what the swarm spent, from the ledger's pre-aggregated counters.
+
+One HGETALL answers it whatever the number of calls recorded (``--since`` reads one
+small hash per minute instead). Money is integer nano-dollars until it is printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers import keys
+
+METRICS = ("calls", "input", "output", "cache_write", "cache_read", "nano", "ref_nano",
+           "unpriced_calls", "lost_calls", "lost_bound_nano")
+DIMS = ("worker", "pool", "model", "task")
+
+
+@dataclass
+class Row:
+    kind: str  # worker, pool, model, task, total
+    key: str
+    values: dict[str, int] = field(default_factory=dict)
+
+    def get(self, metric: str) -> int:
+        return self.values.get(metric, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        cost, ref = self.get("nano"), self.get("ref_nano")
+        return {
+            "kind": self.kind, "key": self.key,
+            **{m: self.get(m) for m in METRICS if m not in ("nano", "ref_nano", "lost_bound_nano")},
+            "cost_usd": cost / 1e9, "reference_usd": ref / 1e9,
+            "savings_pct": round((ref - cost) / ref * 100, 1) if ref else None,
+            "lost_bound_usd": self.get("lost_bound_nano") / 1e9,
+        }
+
+
+def read_counters(client: Any, name: str, since: float | None = None) -> dict[str, dict[str, dict[str, int]]]:
+    """{dim: {key: {metric: n}}} from the totals, or from the minute buckets of the last
+    ``since`` seconds (whole minutes, so up to a minute more)."""
+    if since is None:
+        hashes = [client.hgetall(keys.ledger(name))]
+    else:
+        now = int(time.time() // 60)
+        minutes = range(now - max(1, math.ceil(since / 60)) + 1, now + 1)
+        pipe = client.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(keys.ledger_minute(name, minute))
+        hashes = pipe.execute()
+    counters: dict[str, dict[str, dict[str, int]]] = {}
+    for fields in hashes:
+        for name_, value in fields.items():
+            dim, key, metric = name_.split("|", 2)
+            slot = counters.setdefault(dim, {}).setdefault(key, {})
+            slot[metric] = slot.get(metric, 0) + int(value)
+    return counters
+
+
+def rows_by(counters: dict[str, dict[str, dict[str, int]]], by: str) -> list[Row]:
+    """Rows for ``by`` (worker, pool or model), then subtotals, then the total."""
+    def rows(dim: str) -> list[Row]:
+        return [Row(dim, key, vals) for key, vals in sorted(counters.get(dim, {}).items(),
+                                                             key=lambda kv: _order(kv[0]))]
+    result = rows(by)
+    if by == "worker":
+        result += rows("pool") + rows("model")
+    elif by == "pool":
+        result += rows("model")
+    total = counters.get("total", {}).get("*", {})
+    result.append(Row("total", "total", total))
+    return result
+
+
+def rows_by_task(client: Any, name: str, limit: int, since: float | None) -> list[Row]:
+    """The dearest tasks, from the per-task cost index and each task's own counters."""
+    ids = client.zrevrange(keys.task_costs(name), 0, max(limit * 10, limit) - 1)
+    pipe = client.pipeline(transaction=False)
+    for task_id in ids:
+        pipe.hmget(keys.task_meta(name, task_id), "calls", "tokens", "nano", "submitted")
+    cutoff = time.time() - since if since else None
+    found = []
+    for task_id, (calls, tokens, nano, submitted) in zip(ids, pipe.execute()):
+        if cutoff is not None and float(submitted or 0) < cutoff:
+            continue
+        found.append(Row("task", task_id, {"calls": int(calls or 0), "input": int(tokens or 0),
+                                           "nano": int(nano or 0)}))
+    return found[:limit]
+
+
+def _order(key: str) -> tuple[str, int]:
+    head, _, tail = key.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (key, 0)
+
+
+def usd(nano: int) -> str:
+    return f"${nano / 1e9:,.6f}" if nano < 10**9 else f"${nano / 1e9:,.2f}"
+
+
+def render(rows: list[Row], reference: str, source: str, by: str) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    headers = [by.upper(), "CALLS", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ", "COST",
+               f"ON {reference}" if reference else "REFERENCE", "SAVED", "LOST IN FLIGHT"]
+    if by == "task":
+        headers = ["TASK", "CALLS", "TOKENS", "COST"]
+    for header in headers:
+        table.add_column(header, justify="left" if header in (by.upper(), "TASK") else "right")
+    previous = by
+    for row in rows:
+        if by == "task":
+            table.add_row(row.key, str(row.get("calls")), f"{row.get('input'):,}", usd(row.get("nano")))
+            continue
+        if row.kind != previous:
+            table.add_section()
+            previous = row.kind
+        label = row.key if row.kind in (by, "total") else f"{row.kind} {row.key}"
+        ref, cost = row.get("ref_nano"), row.get("nano")
+        saved = f"{(ref - cost) / ref * 100:.1f}%" if ref else "-"
+        lost = (f"{row.get('lost_calls')} (≤ {usd(row.get('lost_bound_nano'))})"
+                if row.get("lost_calls") else "-")
+        unpriced = " *" if row.get("unpriced_calls") else ""
+        table.add_row(Text(label, style="bold" if row.kind == "total" else ""),
+                      f"{row.get('calls'):,}", f"{row.get('input'):,}", f"{row.get('output'):,}",
+                      f"{row.get('cache_write'):,}", f"{row.get('cache_read'):,}",
+                      usd(cost) + unpriced, usd(ref) if ref else "-", saved, lost)
+    notes = [Text(f"prices: {source}; reference model: {reference or 'none'}", style="dim")]
+    if any(r.get("unpriced_calls") for r in rows if r.kind == "model"):
+        unknown = ", ".join(r.key for r in rows if r.kind == "model" and r.get("unpriced_calls"))
+        notes.append(Text(f"* no price known for {unknown}: tokens counted, cost not",
+                          style="yellow"))
+    return Group(table, *notes)
+
+
+def to_csv(rows: list[Row]) -> str:
+    buffer = io.StringIO()
+    dicts = [row.as_dict() for row in rows]
+    writer = csv.DictWriter(buffer, fieldnames=list(dicts[0]) if dicts else ["kind"])
+    writer.writeheader()
+    writer.writerows(dicts)
+    return buffer.getvalue()

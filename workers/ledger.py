@@ -1,0 +1,111 @@
+"""The cost ledger, worker side: every API call is registered before it is sent and
+settled the moment its response arrives, in one atomic script, for the worker, its pool,
+the model and the task. A call that failed is withdrawn (not billed); a call whose worker
+dies stays registered, and the supervisor counts it as lost in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from workers import keys, scripts
+from workers.pricing import PriceBook, Usage, family
+
+
+@dataclass
+class Call:
+    field: str
+    task_id: str
+    bound: int
+    tokens: int  # what the rate limiter was charged before the call
+
+
+class Ledger:
+    def __init__(self, redis: Any, swarm: str, worker_id: str, consumer: str, pool: str,
+                 model: str, prices: PriceBook, reference_model: str | None,
+                 rpm: int | None = None, tpm: int | None = None) -> None:
+        self.redis = redis
+        self.swarm = swarm
+        self.worker_id = worker_id
+        self.consumer = consumer
+        self.pool = pool
+        self.model = model
+        self.prices = prices
+        self.reference = reference_model
+        self._record_sha = ""
+        self._lose = redis.register_script(scripts.LOSE)
+        self._acquire = redis.register_script(scripts.ACQUIRE)
+        self._cool_down = redis.register_script(scripts.COOL_DOWN)
+        self.rpm, self.tpm = rpm or 0, tpm or 0
+        self._rate = keys.rate(swarm, model)
+        self._cooldown = keys.cooldown(swarm, model)
+        self.waited = 0.0  # seconds spent held back by the limits
+        self._inflight = keys.inflight(swarm)
+        self._seed_cost = keys.seed_cost(family(model))
+
+    async def begin(self, task_id: str, request_chars: int, max_tokens: int) -> Call:
+        """Wait until the swarm-wide limits admit the call, and register it in flight
+        (one script, one round trip). The input can be no more tokens than it has
+        characters, so the bound holds whatever the tokenizer does."""
+        field = f"{self.consumer}|{uuid.uuid4().hex[:12]}"
+        bound = self.prices.bound_nano(self.model, request_chars, max_tokens)
+        tokens = request_chars // 4 + max_tokens  # charged now, corrected on settle
+        entry = json.dumps({"worker": self.worker_id, "pool": self.pool, "model": self.model,
+                            "task": task_id, "bound": bound, "ts": round(time.time(), 3)})
+        while True:
+            wait_ms = await self._acquire(
+                keys=[self._rate, self._cooldown, self._inflight],
+                args=[self.rpm, self.tpm, tokens, field, entry])
+            if not wait_ms:
+                return Call(field, task_id, bound, tokens)
+            self.waited += wait_ms / 1000
+            await asyncio.sleep(min(wait_ms, 60_000) / 1000)
+
+    async def cool_down(self, seconds: float) -> None:
+        """A 429 came back: hold the whole swarm back from this model for a while."""
+        await self._cool_down(keys=[self._cooldown], args=[max(1, int(seconds * 1000))])
+
+    async def settle(self, call: Call, usage: Usage) -> int | None:
+        """Record a response's usage; returns its cost in nano-dollars (None if the
+        model has no price)."""
+        nano = self.prices.nano(self.model, usage)
+        ref = self.prices.nano(self.reference, usage) if self.reference else None
+        now = time.time()
+        if self.tpm:  # give back what the estimate overcharged (or take what it missed)
+            await self.redis.hincrbyfloat(self._rate, "tok", call.tokens - usage.total)
+        record_keys = [self._inflight, keys.ledger(self.swarm),
+                       keys.ledger_minute(self.swarm, int(now // 60)),
+                       keys.task_meta(self.swarm, call.task_id), keys.task_costs(self.swarm)]
+        record_args = [call.field, self.worker_id, self.pool, self.model, call.task_id,
+                       usage.input, usage.output, usage.cache_creation, usage.cache_read,
+                       -1 if nano is None else nano, -1 if ref is None else ref, "",
+                       keys.LEDGER_MINUTE_TTL]
+        for attempt in (1, 2):
+            if not self._record_sha:
+                self._record_sha = await self.redis.script_load(scripts.RECORD)
+            pipe = self.redis.pipeline(transaction=True)  # MULTI ... EXEC: all or nothing
+            pipe.evalsha(self._record_sha, len(record_keys), *record_keys, *record_args)
+            if nano:
+                pipe.incrbyfloat(self._seed_cost, nano / 1e9)
+            try:
+                await pipe.execute()
+                break
+            except Exception as exc:  # noqa: BLE001
+                if "NOSCRIPT" not in str(exc) or attempt == 2:
+                    raise
+                self._record_sha = ""  # Redis restarted and forgot its scripts
+        return nano
+
+    async def withdraw(self, call: Call) -> None:
+        """The call failed with an error response: the API bills nothing for it."""
+        await self.redis.hdel(self._inflight, call.field)
+
+    async def lose(self, call: Call) -> None:
+        """The call's fate is unknown (cut off, timed out): count it as lost in flight,
+        with its upper bound, rather than pretend it cost nothing."""
+        k, a = scripts.lose_args(self.swarm, call.field, time.time())
+        await self._lose(keys=k, args=a)
