@@ -288,4 +288,4 @@ def test_format_duration_of_whole_seconds_reads_back_in_the_same_unit(seconds: i
         assert abs(parse_duration(text) - seconds) <= 30
     else:
         assert text.endswith("h")
-        assert abs(float(text[:-1]) * 3600 - seconds) <= 180
+        assert abs(float(text[:-1]) * 3600 - seconds) <= 180 + 1e-6  # half of 0.1 h, give or take float noise
