@@ -15,6 +15,7 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    WithJsonSchema,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -23,7 +24,37 @@ from pydantic import (
     model_validator,
 )
 
-from launcher.units import Duration, Size
+from launcher.units import parse_duration, parse_size
+
+# Durations (500ms, 5s, 2m) and sizes (512MB, 1GiB) as the spec's field types.
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h)?)+\s*$"},
+            ],
+            "description": "seconds, or a duration like 500ms, 5s, 2m, 1h30m",
+        }
+    ),
+]
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KkMmGgTt][Ii]?[Bb]?|[Bb])?\s*$"},
+            ],
+            "description": "bytes, or a size like 512MB (powers of 1000) or 1GiB (powers of 1024)",
+        }
+    ),
+]
+
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,62}$")

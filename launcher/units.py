@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
-
-from pydantic import BeforeValidator, WithJsonSchema
+from typing import Any
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -86,32 +84,3 @@ def format_size(num: float) -> str:
             return f"{shown}{unit}"
         num /= 1024
     return f"{num:.1f}TiB"
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h)?)+\s*$"},
-            ],
-            "description": "seconds, or a duration like 500ms, 5s, 2m, 1h30m",
-        }
-    ),
-]
-
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "integer", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KkMmGgTt][Ii]?[Bb]?|[Bb])?\s*$"},
-            ],
-            "description": "bytes, or a size like 512MB (powers of 1000) or 1GiB (powers of 1024)",
-        }
-    ),
-]
