@@ -12,7 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from workers import keys, scripts
+from workers.redis_retry import until_redis
 from workers.pricing import PriceBook, Usage, family
 
 
@@ -37,6 +40,7 @@ class Ledger:
         self.prices = prices
         self.reference = reference_model
         self._record_sha = ""
+        self._tried: dict[str, bool] = {}
         self._lose = redis.register_script(scripts.LOSE)
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._cool_down = redis.register_script(scripts.COOL_DOWN)
@@ -57,9 +61,9 @@ class Ledger:
         entry = json.dumps({"worker": self.worker_id, "pool": self.pool, "model": self.model,
                             "task": task_id, "bound": bound, "ts": round(time.time(), 3)})
         while True:
-            wait_ms = await self._acquire(
+            wait_ms = await until_redis(lambda: self._acquire(
                 keys=[self._rate, self._cooldown, self._inflight],
-                args=[self.rpm, self.tpm, tokens, field, entry])
+                args=[self.rpm, self.tpm, tokens, field, entry]), f"admitting a call of {task_id}")
             if not wait_ms:
                 return Call(field, task_id, bound, tokens)
             self.waited += wait_ms / 1000
@@ -84,28 +88,38 @@ class Ledger:
                        usage.input, usage.output, usage.cache_creation, usage.cache_read,
                        -1 if nano is None else nano, -1 if ref is None else ref, "",
                        keys.LEDGER_MINUTE_TTL]
-        for attempt in (1, 2):
-            if not self._record_sha:
-                self._record_sha = await self.redis.script_load(scripts.RECORD)
-            pipe = self.redis.pipeline(transaction=True)  # MULTI ... EXEC: all or nothing
-            pipe.evalsha(self._record_sha, len(record_keys), *record_keys, *record_args)
-            if nano:
-                pipe.incrbyfloat(self._seed_cost, nano / 1e9)
-            try:
-                await pipe.execute()
-                break
-            except Exception as exc:  # noqa: BLE001
-                if "NOSCRIPT" not in str(exc) or attempt == 2:
-                    raise
-                self._record_sha = ""  # Redis restarted and forgot its scripts
+        await until_redis(lambda: self._record_once(call, record_keys, record_args, nano),
+                          f"recording a call of task {call.task_id}")
         return nano
+
+    async def _record_once(self, call: Call, record_keys: list[Any], record_args: list[Any],
+                           nano: int | None) -> None:
+        """MULTI: the RECORD script and the seed's float counter. Safe to repeat: if the
+        call is no longer in flight, an earlier try was recorded and its reply lost."""
+        if self._tried.get(call.field) and not await self.redis.hexists(self._inflight, call.field):
+            return
+        self._tried[call.field] = True
+        if not self._record_sha:
+            self._record_sha = await self.redis.script_load(scripts.RECORD)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.evalsha(self._record_sha, len(record_keys), *record_keys, *record_args)
+        if nano:
+            pipe.incrbyfloat(self._seed_cost, nano / 1e9)
+        try:
+            await pipe.execute()
+        except redis.ResponseError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+            self._record_sha = ""  # Redis restarted and forgot its scripts: load, retry
+            raise redis.ConnectionError("scripts were flushed") from exc
+        self._tried.pop(call.field, None)
 
     async def withdraw(self, call: Call) -> None:
         """The call failed with an error response: the API bills nothing for it."""
-        await self.redis.hdel(self._inflight, call.field)
+        await until_redis(lambda: self.redis.hdel(self._inflight, call.field), "withdrawing a call")
 
     async def lose(self, call: Call) -> None:
         """The call's fate is unknown (cut off, timed out): count it as lost in flight,
         with its upper bound, rather than pretend it cost nothing."""
         k, a = scripts.lose_args(self.swarm, call.field, time.time())
-        await self._lose(keys=k, args=a)
+        await until_redis(lambda: self._lose(keys=k, args=a), "counting a call lost")

@@ -38,6 +38,9 @@ if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[4])
 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
   local owner = redis.call('GET', KEYS[2])
+  if owner == ARGV[1] and state == 'running' then
+    return 'run'  -- our own claim, asked again after a lost reply: not a new attempt
+  end
   if owner ~= ARGV[1] then
     if state == 'queued' then
       redis.call('HINCRBY', KEYS[4], 'queued', -1)

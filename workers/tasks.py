@@ -16,7 +16,10 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from workers import keys, payload, scripts
+from workers.redis_retry import until_redis
 from workers.agent import Outcome, SpendLimitReached
 from workers.pricing import Usage
 
@@ -55,8 +58,12 @@ class TaskRunner:
         reader = self.cfg.redis.aio(socket_timeout=None)
         block_ms = int(min(1.0, self.cfg.heartbeat_interval) * 1000)
         complained = False
+        next_check = time.monotonic() + 15
         try:
             while not self.w.stopping.is_set():
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + 15
+                    await self.recheck_pending()
                 if self.w.paused:
                     await _sleep_unless(self.w.stopping, 0.5)
                     continue
@@ -84,7 +91,7 @@ class TaskRunner:
             await reader.aclose()
 
     def _spawn(self, entry_id: str, task_id: str) -> None:
-        job = asyncio.create_task(self.run_entry(entry_id, task_id), name=f"task {task_id}")
+        job = asyncio.create_task(self.run_entry(entry_id, task_id), name=f"entry {entry_id}")
         self.inflight.add(job)
         job.add_done_callback(self.inflight.discard)
 
@@ -118,13 +125,8 @@ class TaskRunner:
         now = time.time()
         k, a = scripts.start_args(self.cfg.swarm, task_id, self.consumer, self.claim_ttl, now,
                                   self.cfg.max_attempts)
-        try:
-            verdict, raw, context, last_error, spent = await self._start_pipeline(k, a, task_id)
-        except Exception as exc:  # noqa: BLE001
-            if "NOSCRIPT" not in str(exc):
-                raise
-            self._start_sha = await r.script_load(scripts.START)  # Redis lost its scripts
-            verdict, raw, context, last_error, spent = await self._start_pipeline(k, a, task_id)
+        verdict, raw, context, last_error, spent = await until_redis(
+            lambda: self._start_pipeline(k, a, task_id), f"claiming task {task_id}")
         if verdict == "run" and await self._over_budget(spent, entry_id, task_id):
             return
         if verdict == "done" or verdict.startswith("taken:"):
@@ -152,7 +154,18 @@ class TaskRunner:
         await self._record(entry_id, task_id, task.description, outcome)
 
     async def _start_pipeline(self, k: list[str], a: list[str], task_id: str) -> list[Any]:
-        """Claim, payload, shared context and last error: one round trip."""
+        """Claim, payload, shared context, last error and spending: one round trip."""
+        if not self._start_sha:
+            self._start_sha = await self.w.redis.script_load(scripts.START)
+        try:
+            return await self._start_once(k, a, task_id)
+        except redis.ResponseError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+            self._start_sha = ""  # Redis restarted and forgot its scripts
+            raise redis.ConnectionError("scripts were flushed") from exc
+
+    async def _start_once(self, k: list[str], a: list[str], task_id: str) -> list[Any]:
         pipe = self.w.redis.pipeline(transaction=False)
         pipe.evalsha(self._start_sha, len(k), *k, *a)
         pipe.get(keys.task(task_id))
@@ -170,7 +183,7 @@ class TaskRunner:
             reason = f"budget reached: {who} spent ${int(value or 0) / 1e9:.6f} of ${budget:g}"
             k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
                                           self.consumer, True, reason)
-            await self._hand_back(keys=k, args=a)
+            await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
             await self.w.pause(reason, pool)
             return True
         return False
@@ -196,7 +209,8 @@ class TaskRunner:
         k, a = scripts.finish_args(
             self.cfg.swarm, self.cfg.pool, task_id, entry_id, finding["finding_id"],
             json.dumps(finding), outcome.status, outcome.error or "", dead_json, time.time())
-        recorded = await self._finish(keys=k, args=a)
+        recorded = await until_redis(lambda: self._finish(keys=k, args=a),
+                                     f"recording task {task_id}")
         if not recorded:
             log.warning("task %s already had a result; this run's finding is dropped", task_id)
             return
@@ -229,10 +243,35 @@ class TaskRunner:
         }
 
     async def _ack(self, entry_id: str) -> None:
-        pipe = self.w.redis.pipeline(transaction=False)
-        pipe.xack(self.stream, keys.GROUP, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        await pipe.execute()
+        async def ack() -> None:
+            pipe = self.w.redis.pipeline(transaction=False)
+            pipe.xack(self.stream, keys.GROUP, entry_id)
+            pipe.xdel(self.stream, entry_id)
+            await pipe.execute()
+
+        await until_redis(ack, f"acknowledging {entry_id}")
+
+    async def recheck_pending(self) -> None:
+        """Catch-all: a delivery pending for this live worker that no task of ours is
+        working on (its step failed in a way no retry covered) is run again."""
+        try:
+            pending = await self.w.redis.xpending_range(
+                self.stream, keys.GROUP, min="-", max="+", count=1000,
+                consumername=self.consumer, idle=10_000)
+        except Exception:  # noqa: BLE001 - Redis away: next time
+            return
+        working = {job.get_name() for job in self.inflight}
+        for item in pending:
+            entry_id = item["message_id"]
+            if f"entry {entry_id}" in working:
+                continue
+            entry = await self.w.redis.xrange(self.stream, entry_id, entry_id)
+            task_id = entry[0][1].get("task", "") if entry else ""
+            if not task_id:
+                await self._ack(entry_id)
+                continue
+            log.warning("task %s was stranded on this worker; running it again", task_id)
+            self._spawn(entry_id, task_id)
 
     # --- seed-style intake ---------------------------------------------------------
 
