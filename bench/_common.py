@@ -33,6 +33,10 @@ STANDALONE = str(BENCH / "standalone_worker.py")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Workers build their Anthropic client at boot only when a key is set, as in real use;
+# a dummy one makes them do so. No task is ever submitted, so no request is made.
+os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-bench-dummy-no-requests-are-made")
+
 from launcher.state import StateDir  # noqa: E402
 from workers import keys  # noqa: E402
 
@@ -50,9 +54,13 @@ def sigterm_exits() -> None:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for swarm processes we start: this tree's code first on the path
+    (so a copy of the repo measures its own code, not the editable install's)."""
     env = dict(os.environ)
     env.pop("SWARM_REDIS_URL", None)
     env["COLUMNS"] = "200"
+    path = [extra.pop("PYTHONPATH")] if "PYTHONPATH" in extra else []
+    env["PYTHONPATH"] = os.pathsep.join(path + [str(ROOT)])
     env.update(extra)
     return env
 
@@ -106,8 +114,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
 def pool_yaml(name: str, workers: int, *, expiry: str = "15s", interval: str | None = None,
               backoff_initial: str = "100ms", backoff_max: str = "30s",
               max_restarts: int = 5, window: str = "60s", reset_after: str = "30s",
-              model: str = "claude-haiku-4-5") -> str:
+              model: str = "claude-haiku-4-5", on_start: str | None = None) -> str:
     beat = f"{{expiry: {expiry}" + (f", interval: {interval}" if interval else "") + "}"
+    hook = f"  on_start: {on_start}\n" if on_start else ""
     return textwrap.dedent(f"""\
         {name}:
           model: {model}
@@ -118,7 +127,7 @@ def pool_yaml(name: str, workers: int, *, expiry: str = "15s", interval: str | N
             max_restarts: {max_restarts}
             window: {window}
             reset_after: {reset_after}
-        """)
+        """) + hook
 
 
 class SwarmRun:
@@ -131,7 +140,8 @@ class SwarmRun:
     """
 
     def __init__(self, name: str, pools: str, *, stop_grace: str = "5s",
-                 kill_grace: str = "1s", launcher: list[str] | None = None) -> None:
+                 kill_grace: str = "1s", launcher: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.folder = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
         self.spec_path = self.folder / "swarm.yaml"
@@ -140,6 +150,7 @@ class SwarmRun:
             "pools:\n" + textwrap.indent(pools, "  ")
         )
         self.launcher = launcher
+        self.env = env or {}  # extra environment for the supervisor (and so its workers)
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self._client: Any = None
@@ -150,7 +161,7 @@ class SwarmRun:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*SWARM_CLI, *args], cwd=self.folder, env=cli_env(), capture_output=True,
+            [*SWARM_CLI, *args], cwd=self.folder, env=cli_env(**self.env), capture_output=True,
             text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         )
 
@@ -164,7 +175,8 @@ class SwarmRun:
         else:
             out = open(self.folder / "up.out", "wb")
             self.proc = subprocess.Popen(
-                [*self.launcher, "up", str(self.spec_path)], cwd=self.folder, env=cli_env(),
+                [*self.launcher, "up", str(self.spec_path)], cwd=self.folder,
+                env=cli_env(**self.env),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -261,12 +273,8 @@ class LoneRedis:
         self.server.stop()
 
 
-def standalone_cmd(worker_id: str, url: str, *, swarm: str, expiry: float,
-                   sdk: bool = True) -> list[str]:
-    cmd = [PYTHON, STANDALONE, worker_id, url, "--swarm", swarm, "--expiry", f"{expiry:g}"]
-    if not sdk:
-        cmd.append("--no-sdk")
-    return cmd
+def standalone_cmd(worker_id: str, url: str, *, swarm: str, expiry: float) -> list[str]:
+    return [PYTHON, STANDALONE, worker_id, url, "--swarm", swarm, "--expiry", f"{expiry:g}"]
 
 
 # --- numbers -----------------------------------------------------------------------
@@ -308,6 +316,24 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def revision() -> str:
+    """The commit measured: from git, or from a REVISION file in an exported copy."""
+    if (ROOT / ".git").exists():
+        try:
+            rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--",
+                                    "launcher", "workers"], capture_output=True,
+                                   text=True).stdout.strip()
+            return f"git {rev}" + (" + uncommitted changes in launcher/ or workers/"
+                                   if dirty else " (clean launcher/ and workers/)")
+        except OSError:
+            pass
+    if (ROOT / "REVISION").exists():
+        return (ROOT / "REVISION").read_text().strip()
+    return "unknown revision"
+
+
 def machine() -> str:
     """One paragraph: what these numbers were measured on."""
     def version(dist: str) -> str:
@@ -335,6 +361,7 @@ def machine() -> str:
     mem = psutil.virtual_memory()
     load = os.getloadavg()
     return (
+        f"code: {ROOT} at {revision()}\n"
         f"machine: {os.cpu_count()} cores ({cpu}), {mem.total / 2**30:.1f} GiB RAM "
         f"({mem.available / 2**30:.1f} GiB available), Linux {platform.release()}, "
         f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
@@ -343,3 +370,46 @@ def machine() -> str:
         f"redis-py {version('redis')}, anthropic {version('anthropic')}, "
         f"psutil {version('psutil')}"
     )
+
+
+class MachineLoad:
+    """How busy the whole machine was over a measurement (this benchmark's own processes
+    included), and whether someone else's tests or benchmarks were running: the machine
+    is shared, so every result says how quiet it was."""
+
+    FOREIGN = ("pytest", "fake_api", "throughput.py")
+
+    def __init__(self, every: float = 5.0) -> None:
+        import threading
+
+        self.seen: set[str] = set()
+        self._t0 = psutil.cpu_times()
+        self._done = threading.Event()
+        self.look()
+        threading.Thread(target=self._watch, args=(every,), daemon=True).start()
+
+    def _watch(self, every: float) -> None:
+        while not self._done.wait(every):
+            self.look()
+
+    def look(self) -> None:
+        """Note any foreign test or benchmark process running now."""
+        me = os.getpid()
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+            except psutil.Error:
+                continue
+            if proc.info["pid"] != me and any(word in cmd for word in self.FOREIGN):
+                self.seen.add(next(word for word in self.FOREIGN if word in cmd))
+
+    def report(self) -> str:
+        self._done.set()
+        self.look()
+        t1 = psutil.cpu_times()
+        total = sum(t1) - sum(self._t0)
+        idle = (t1.idle - self._t0.idle) + (getattr(t1, "iowait", 0) - getattr(self._t0, "iowait", 0))
+        busy = 100 * (total - idle) / total if total > 0 else float("nan")
+        others = ", ".join(sorted(self.seen)) or "none seen"
+        return (f"machine busy {busy:.0f}% of all {os.cpu_count()} cores over the measurement "
+                f"(this benchmark included); other tests/benchmarks running: {others}")

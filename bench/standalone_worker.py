@@ -4,11 +4,11 @@ forked workers. It runs exactly ``workers.worker.run`` with a ``WorkerConfig``, 
 forked worker, and heartbeats the same keys.
 
     SWARM_REDIS_PASSWORD=... python bench/standalone_worker.py WORKER_ID REDIS_URL \
-        [--swarm NAME] [--pool POOL] [--expiry SECONDS] [--interval SECONDS] [--no-sdk]
+        [--swarm NAME] [--pool POOL] [--expiry SECONDS] [--interval SECONDS]
 
-By default it first imports what swarm's supervisor preloads before forking
-(``workers.worker`` and the ``anthropic`` SDK), so it is the same worker; ``--no-sdk``
-skips the SDK import (a lean worker, to separate interpreter start-up from SDK import).
+It imports what swarm's supervisor preloads before forking (``workers.worker`` and the
+``anthropic`` SDK), then runs the worker, which imports the rest itself at boot, as a
+forked one does.
 """
 
 from __future__ import annotations
@@ -31,15 +31,13 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=None,
                         help="heartbeat interval, seconds (default: expiry / 3)")
     parser.add_argument("--model", default="claude-haiku-4-5")
-    parser.add_argument("--no-sdk", action="store_true", help="do not import anthropic")
     args = parser.parse_args()
 
     import workers.worker
     from workers.config import WorkerConfig
     from workers.redis_target import RedisTarget
 
-    if not args.no_sdk:
-        import anthropic  # noqa: F401 - what swarm's supervisor preloads for its forks
+    import anthropic  # noqa: F401 - what swarm's supervisor preloads for its forks
 
     target = RedisTarget.parse(args.redis_url)
     password = os.environ.get("SWARM_REDIS_PASSWORD") or target.password
