@@ -60,24 +60,26 @@ class StateDir:
     # --- pid -----------------------------------------------------------------------
 
     def write_pid(self, pid: int) -> None:
-        _write_private(self.pid_file, f"{pid}\n")
+        """The pid and the process's start time: a pid reused by another process after
+        the supervisor died is never mistaken for it."""
+        _write_private(self.pid_file, f"{pid} {_started(pid)}\n")
 
     def read_pid(self) -> int | None:
         try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+            return int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
             return None
 
     def live_pid(self) -> int | None:
-        """The supervisor's pid if that process still runs swarm."""
-        pid = self.read_pid()
-        if pid is None or not pid_alive(pid):
-            return None
+        """The supervisor's pid if that very process still runs."""
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return pid
-        return pid if b"swarm" in cmdline or b"launcher" in cmdline else None
+            fields = self.pid_file.read_text().split()
+            pid, started = int(fields[0]), fields[1] if len(fields) > 1 else None
+        except (OSError, ValueError, IndexError):
+            return None
+        if not pid_alive(pid):
+            return None
+        return pid if started is None or _started(pid) == started else None
 
     def write_info(self, **info: str) -> None:
         _write_private(self.info_file, json.dumps(info))
@@ -111,6 +113,15 @@ class StateDir:
     def clear_runtime(self) -> None:
         for path in (self.pid_file, self.redis_file, self.password_file):
             path.unlink(missing_ok=True)
+
+
+def _started(pid: int) -> str:
+    """When the process started, in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[-1].split()[19]
 
 
 def pid_alive(pid: int) -> bool:

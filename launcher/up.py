@@ -5,6 +5,7 @@ on, and returns once every worker has heartbeated (or prints why not)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -108,6 +109,12 @@ def _preload(spec: SwarmSpec) -> None:
     book = PriceBook()
     for model in {p.model for p in spec.pools.values()} | {newest_sonnet() or ""}:
         book.knows(model)
+    # building (and dropping) the SDK's HTTP client imports its transport and TLS modules
+    anthropic.DefaultAsyncHttpxClient()
+    # what the forks inherit is never scanned by their garbage collector, so its pages
+    # stay shared instead of being copied into every worker (19 -> 51 MiB USS without)
+    gc.collect()
+    gc.freeze()
 
 
 def _setup_logging(spec: SwarmSpec, console: bool, live: object | None) -> None:

@@ -56,7 +56,8 @@ class TaskRunner:
 
     async def consume(self) -> None:
         reader = self.cfg.redis.aio(socket_timeout=None)
-        block_ms = int(min(1.0, self.cfg.heartbeat_interval) * 1000)
+        # an idle consumer blocks 5 s per read (stopping cancels the read at once)
+        block_ms = 5000
         complained = False
         next_check = time.monotonic() + 15
         try:
@@ -125,9 +126,9 @@ class TaskRunner:
         now = time.time()
         k, a = scripts.start_args(self.cfg.swarm, task_id, self.consumer, self.claim_ttl, now,
                                   self.cfg.max_attempts)
-        verdict, raw, context, last_error, spent = await until_redis(
+        verdict, raw, context, last_error, spent, paused = await until_redis(
             lambda: self._start_pipeline(k, a, task_id), f"claiming task {task_id}")
-        if verdict == "run" and await self._over_budget(spent, entry_id, task_id):
+        if verdict == "run" and await self._held_back(spent, paused, entry_id, task_id):
             return
         if verdict == "done" or verdict.startswith("taken:"):
             await self._ack(entry_id)
@@ -172,21 +173,25 @@ class TaskRunner:
         pipe.get(keys.CONTEXT_ACTIVE)
         pipe.hget(keys.task_meta(self.cfg.swarm, task_id), "error")
         pipe.hmget(keys.ledger(self.cfg.swarm), [field for field, *_ in self._budgets])
+        pipe.mget(keys.paused(self.cfg.swarm), keys.paused(self.cfg.swarm, self.cfg.pool))
         return list(await pipe.execute())
 
-    async def _over_budget(self, spent: list[str | None], entry_id: str, task_id: str) -> bool:
-        """If a budget is used up, give the task back untouched (the attempt refunded)
-        and pause: no new task starts; tasks already running finish."""
+    async def _held_back(self, spent: list[str | None], paused: list[str | None],
+                         entry_id: str, task_id: str) -> bool:
+        """If the swarm or pool is paused, or a budget is used up, give the task back
+        untouched (the attempt refunded): no new task starts; those running finish."""
+        reason = next((why for why in paused if why), None)
         for (_field, budget, who, pool), value in zip(self._budgets, spent):
-            if budget is None or int(value or 0) < budget * 1e9:
-                continue
-            reason = f"budget reached: {who} spent ${int(value or 0) / 1e9:.6f} of ${budget:g}"
-            k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
-                                          self.consumer, True, reason)
-            await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
-            await self.w.pause(reason, pool)
-            return True
-        return False
+            if reason is None and budget is not None and int(value or 0) >= budget * 1e9:
+                reason = f"budget reached: {who} spent ${int(value or 0) / 1e9:.6f} of ${budget:g}"
+                await self.w.pause(reason, pool)
+        if reason is None:
+            return False
+        self.w.paused = reason
+        k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
+                                      self.consumer, True, reason)
+        await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
+        return True
 
     async def _execute(self, task: payload.Task, context: str | None, task_id: str) -> Outcome:
         toolbox = self.w.toolbox()
