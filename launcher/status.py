@@ -97,9 +97,15 @@ _STYLE = {
 }
 
 
+_COLUMNS = ("WORKER", "PID", "STATE", "BEAT", "TASK", "DONE", "FAILED", "RESTARTS", "RSS",
+            "CPU%", "LAST EXIT")
+_RIGHT = {"PID", "BEAT", "DONE", "FAILED", "RESTARTS", "RSS", "CPU%"}
+
+
 def render(view: dict[str, Any]) -> Any:
+    """The status table. Columns are laid out here rather than by rich.Table, which
+    spends ~130 ms measuring the cells of 200 slots; rich still prints the colours."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     counts: dict[str, int] = {}
@@ -122,30 +128,25 @@ def render(view: dict[str, Any]) -> Any:
         tasks_line.append(f"  PAUSED: {view['paused']}", style="bold red")
     for pool_name, why in view.get("paused_pools", {}).items():
         tasks_line.append(f"  PAUSED {pool_name}: {why}", style="bold red")
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("WORKER", "PID", "STATE", "BEAT", "TASK", "DONE", "FAILED",
-                   "RESTARTS", "RSS", "CPU%", "LAST EXIT"):
-        table.add_column(column, no_wrap=column != "LAST EXIT",
-                         justify="right" if column in ("PID", "DONE", "FAILED", "RESTARTS",
-                                                       "RSS", "CPU%", "BEAT") else "left")
+    cells = [[row["worker"], str(row["pid"] or "-"), row["state"],
+              "-" if row["heartbeat_age"] is None else format_duration(row["heartbeat_age"]),
+              row["task"] or "-", str(row["done"]), str(row["failed"]), str(row["restarts"]),
+              format_size(row["rss"]) if row["rss"] else "-", f"{row['cpu']:.1f}",
+              row["last_exit"] or ""] for row in view["workers"]]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(_COLUMNS)]
+    lines = [Text(_line(_COLUMNS, widths), style="bold")]
     pool = None
-    for row in view["workers"]:
+    for row, cell in zip(view["workers"], cells):
         if row["pool"] != pool:
             pool = row["pool"]
-            target = view["pools"].get(pool, "?")
-            table.add_row(Text(f"{pool} ({target} wanted)", style="bold"))
-        age = row["heartbeat_age"]
-        table.add_row(
-            row["worker"],
-            str(row["pid"] or "-"),
-            Text(row["state"], style=_STYLE.get(row["state"], "")),
-            "-" if age is None else format_duration(age),
-            row["task"] or "-",
-            str(row["done"]),
-            str(row["failed"]),
-            str(row["restarts"]),
-            format_size(row["rss"]) if row["rss"] else "-",
-            f"{row['cpu']:.1f}",
-            row["last_exit"] or "",
-        )
-    return Group(head, tasks_line, table)
+            lines.append(Text(f"{pool} ({view['pools'].get(pool, '?')} wanted)", style="bold"))
+        line = Text(_line(cell, widths))
+        start = sum(widths[:2]) + 4
+        line.stylize(_STYLE.get(row["state"], ""), start, start + len(row["state"]))
+        lines.append(line)
+    return Group(head, tasks_line, *lines)
+
+
+def _line(cells: Any, widths: list[int]) -> str:
+    return "  ".join(c.rjust(w) if h in _RIGHT else c.ljust(w)
+                     for c, w, h in zip(cells, widths, _COLUMNS)).rstrip()
