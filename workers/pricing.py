@@ -102,6 +102,10 @@ class PriceBook:
 def _genai_nano(model: str, usage: Usage) -> int | None:
     if not _genai_knows(model):
         return None
+    base, first_tier = _base_rates(model)
+    if base is not None and (first_tier is None or
+                             usage.input + usage.cache_creation + usage.cache_read < first_tier):
+        return base.nano(usage)  # no tier can apply: the same sum, without the lookup
     from genai_prices import Usage as GUsage
     from genai_prices import calc_price
 
@@ -120,6 +124,33 @@ def _genai_nano(model: str, usage: Usage) -> int | None:
         provider_id="anthropic",
     )
     return int((price.total_price * NANO).to_integral_value())
+
+
+@lru_cache(maxsize=256)
+def _base_rates(model: str) -> tuple[Rates | None, int | None]:
+    """The model's base rates from genai-prices and the input size where its first
+    long-context tier starts (None: no tiers). (None, None) if anything is unusual."""
+    from genai_prices import Usage as GUsage
+    from genai_prices import calc_price
+
+    price = calc_price(GUsage(input_tokens=1, output_tokens=1), model_ref=model,
+                       provider_id="anthropic").model_price
+    names = {"input": "input_mtok", "output": "output_mtok", "cache_write": "cache_write_mtok",
+             "cache_read": "cache_read_mtok", "cache_write_1h": "cache_write_1h_mtok"}
+    rates: dict[str, Decimal] = {}
+    tier_starts: list[int] = []
+    for ours, theirs in names.items():
+        value = getattr(price, theirs, None)
+        if value is None:
+            return None, None
+        if isinstance(value, Decimal):
+            rates[ours] = value
+        elif hasattr(value, "base") and hasattr(value, "tiers"):
+            rates[ours] = Decimal(value.base)
+            tier_starts += [int(t.start) for t in value.tiers]
+        else:
+            return None, None
+    return Rates(**rates), (min(tier_starts) if tier_starts else None)
 
 
 @lru_cache(maxsize=256)
