@@ -52,6 +52,8 @@ class Swarm:
         """Queue many tasks in one round trip per thousand; returns their ids."""
         if any(not d.strip() for d in descriptions):
             raise SubmitError("a task's description is empty")
+        if task_ids is not None and len(task_ids) != len(descriptions):
+            raise SubmitError("task_ids and descriptions differ in length")
         pool = self._pool(pool)
         ids = task_ids or [f"task_{uuid.uuid4().hex[:16]}" for _ in descriptions]
         script = self.redis.register_script(scripts.ENQUEUE)

@@ -635,7 +635,7 @@ class Supervisor:
 
     def _finish(self) -> None:
         """Whatever happened, leave nothing running."""
-        for pid, proc in list(self.running.items()):
+        for pid in list(self.running):
             proctree.signal_tree(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while self.running and time.monotonic() < deadline:

@@ -122,7 +122,6 @@ class TaskRunner:
             self.running.pop(task_id, None)
 
     async def _run_entry(self, entry_id: str, task_id: str) -> None:
-        r = self.w.redis
         now = time.time()
         k, a = scripts.start_args(self.cfg.swarm, task_id, self.consumer, self.claim_ttl, now,
                                   self.cfg.max_attempts)
