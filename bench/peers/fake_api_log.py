@@ -1,0 +1,48 @@
+"""tests/fake_api.py as its own process (same options), printing one line per request
+to stdout: ``REQ <unix time> <client port> <last user text>``, so that a harness sees
+which task was called, when, and from which process (the client port is mapped to a pid).
+
+    python bench/peers/fake_api_log.py --port 0 --latency 30
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+import fake_api
+
+_peer: contextvars.ContextVar[int] = contextvars.ContextVar("peer", default=0)
+
+
+class LoggingFakeAPI(fake_api.FakeAPI):
+    async def _connection(self, reader, writer):  # type: ignore[no-untyped-def]
+        peer = writer.get_extra_info("peername")
+        _peer.set(peer[1] if peer else 0)
+        await super()._connection(reader, writer)
+
+
+def script(req: fake_api.Request) -> None:
+    text = fake_api.last_user_text(req).replace("\n", " ")
+    print(f"REQ {time.time():.6f} {_peer.get()} {text}", flush=True)  # None: default reply
+
+
+async def main(args) -> None:  # type: ignore[no-untyped-def]
+    api = LoggingFakeAPI(args.latency, script=script, jitter=args.jitter, keep_requests=10)
+    loop = asyncio.get_running_loop()
+
+    def ready() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, api.request_stop)
+        print(f"listening on {api.url}", flush=True)
+
+    await api.serve(args.port, ready)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(fake_api._parse_args(sys.argv[1:])))
