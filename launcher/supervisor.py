@@ -48,7 +48,7 @@ from launcher.spawn import fork_worker
 from launcher.spec import SwarmSpec
 from launcher.state import StateDir
 from workers import keys
-from workers.config import EXIT_BOOT_FAILED, EXIT_ORPHANED, WorkerConfig
+from workers.config import EXIT_BOOT_FAILED, EXIT_ORPHANED, SEED_LISTENERS, WorkerConfig
 from workers.pricing import source as price_source_of
 from workers.redis_target import RedisTarget
 
@@ -323,6 +323,7 @@ class Supervisor:
             on_start=pool.on_start,
             parent_pid=self.pid,
             default_pool=str(self.spec.default_pool),
+            seed_listener=slot.index <= SEED_LISTENERS,
             pools=tuple(self.spec.pools),
             max_attempts=pool.max_attempts,
             max_turns=pool.max_turns,

@@ -170,6 +170,46 @@ def test_seed_style_worker_beside_the_swarm_never_runs_a_task_twice(make_swarm, 
     assert asked == set(by_swarm), "the swarm called the API for a task the seed worker ran"
 
 
+def test_two_workers_per_pool_hear_announcements_and_submit_costs_them_little(
+        make_swarm, fake_api):
+    """Every listener pays a look per announced task, and `swarm submit` announces what it
+    has already queued: so only slots 1-2 of each pool listen, not every worker."""
+    from launcher.client import Swarm
+
+    swarm = make_swarm(fast_spec(pool("a", workers=4) + pool("b", workers=1)),
+                       env=api_env(fake_api)).start()
+    r = swarm.redis()
+    wait_for(lambda: r.pubsub_numsub("channel:tasks")[0][1] == 3, 10, "a-1, a-2 and b-1 to listen")
+    looks: list[str] = []
+    watching = threading.Event()
+
+    def watch() -> None:  # the listeners' look at each announced task, outside any script
+        with swarm.redis().monitor() as monitor:
+            watching.set()
+            for command in monitor.listen():
+                if command["command"].startswith("EXISTS swarm:t:task:") and \
+                        command.get("client_type") != "lua":
+                    looks.append(command["command"])
+                if command["command"].startswith("GET swarm:t:meta"):
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    watching.wait(5)
+    ids = Swarm("t", r).submit_many([f"job {i}" for i in range(200)], pool="a")
+    wait_for(lambda: all(all_results(swarm, ids).values()), 30, "every task's result")
+    r.get("swarm:t:meta:end")  # ends the watch
+    watcher.join(10)
+    assert len(ids) <= len(looks) <= 3 * len(ids), \
+        f"{len(looks)} lookups for {len(ids)} tasks by 3 listeners"
+    assert r.pubsub_numsub("channel:tasks")[0][1] == 3
+    # the seed's way still works, and the pool with one worker hears it too
+    r.set("task:seed_b", json.dumps({"description": "for b", "pool": "b"}))
+    r.publish("channel:tasks", "seed_b")
+    wait_for(lambda: r.get("task:seed_b:result"), 15, "the announced task's result")
+    assert r.get("task:seed_b:claimed").startswith("b-")
+
+
 def test_tasks_announced_while_no_swarm_listened_are_picked_up(tmp_path, make_swarm, fake_api):
     from launcher.redis_server import EmbeddedRedis
     from launcher.state import StateDir

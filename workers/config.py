@@ -12,6 +12,10 @@ EXIT_OK = 0
 EXIT_BOOT_FAILED = 3  # on_start hook or Redis login failed before the first beat
 EXIT_ORPHANED = 4  # the supervisor vanished
 
+# slots 1..SEED_LISTENERS of each pool hear channel:tasks: two, so that one restarting
+# does not leave the pool deaf (workers/tasks.py: TaskRunner.listen_seed)
+SEED_LISTENERS = 2
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -31,6 +35,7 @@ class WorkerConfig:
     on_start: str | None = None
     parent_pid: int | None = None
     default_pool: str = ""  # where seed-style tasks announced on channel:tasks go
+    seed_listener: bool = True  # hears channel:tasks (the supervisor picks a few per pool)
     pools: tuple[str, ...] = ()  # every pool of the swarm, to route a task's 'pool'
     max_attempts: int = 3
     max_turns: int = 20

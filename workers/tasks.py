@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("swarm.worker")
 
+SEED_BATCH = 500  # announcements checked in one round trip
+
 
 class TaskRunner:
     def __init__(self, worker: Worker) -> None:
@@ -281,14 +283,27 @@ class TaskRunner:
 
     async def listen_seed(self) -> None:
         """Tasks announced the seed's way (SET task:{id}; PUBLISH channel:tasks {id}) go
-        into the reliable queue; the ENQUEUE script makes the many listeners agree."""
+        into the reliable queue; the ENQUEUE script makes the many listeners agree.
+
+        Only a few workers per pool listen (``WorkerConfig.seed_listener``): every
+        announcement costs each listener a round trip, and `swarm submit` announces the
+        tasks it has already queued, so one listener per worker would cost every task one
+        round trip per worker. Announcements that arrive together are checked together."""
         while not self.w.stopping.is_set():
             pubsub = self.w.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(keys.CHANNEL_TASKS)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        await self.enqueue_announced(str(message["data"]))
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=None)
+                    batch = []
+                    while message is not None and len(batch) < SEED_BATCH:
+                        if message.get("type") == "message":
+                            batch.append(str(message["data"]))
+                        message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                           timeout=0)
+                    if batch:
+                        await self.enqueue_announced(batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Redis away: resubscribe shortly
@@ -299,18 +314,22 @@ class TaskRunner:
                 except Exception:  # noqa: BLE001
                     pass
 
-    async def enqueue_announced(self, task_id: str) -> None:
-        if not task_id or len(task_id) > 256 or any(c.isspace() for c in task_id):
+    async def enqueue_announced(self, task_ids: list[str]) -> None:
+        """Queue the announced tasks that no swarm knows yet (one round trip to look)."""
+        ids = [t for t in task_ids if t and len(t) <= 256 and not any(c.isspace() for c in t)]
+        if not ids:
             return
         pipe = self.w.redis.pipeline(transaction=False)
-        pipe.exists(keys.task_meta(self.cfg.swarm, task_id))
-        pipe.get(keys.task(task_id))
-        known, raw = await pipe.execute()
-        if known or raw is None:  # e.g. our own `swarm submit`: already queued
-            return
-        pool = payload.route(raw, self.cfg.default_pool, self.cfg.pools)
-        k, a = scripts.enqueue_args(self.cfg.swarm, pool, task_id, "seed", time.time())
-        await self._enqueue(keys=k, args=a)
+        for task_id in ids:
+            pipe.exists(keys.task_meta(self.cfg.swarm, task_id))
+            pipe.get(keys.task(task_id))
+        found = await pipe.execute()
+        for task_id, known, raw in zip(ids, found[::2], found[1::2]):
+            if known or raw is None:  # e.g. our own `swarm submit`: already queued
+                continue
+            pool = payload.route(raw, self.cfg.default_pool, self.cfg.pools)
+            k, a = scripts.enqueue_args(self.cfg.swarm, pool, task_id, "seed", time.time())
+            await self._enqueue(keys=k, args=a)
 
 
 async def ensure_group(redis: Any, stream: str) -> None:

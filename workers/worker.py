@@ -86,7 +86,9 @@ class Worker:
                 return EXIT_BOOT_FAILED
             beating = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
             consuming = asyncio.create_task(self.runner.consume(), name="consume")
-            listening = asyncio.create_task(self.runner.listen_seed(), name="seed intake")
+            listening = asyncio.create_task(
+                self.runner.listen_seed() if self.cfg.seed_listener else self.stopping.wait(),
+                name="seed intake")
             await self.stopping.wait()
             self.state = "stopping"
             await self._beat()
