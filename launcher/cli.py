@@ -116,7 +116,7 @@ def status(
         if as_json:
             print_json(view)
         else:
-            out.print(render(view))
+            out.print(render(view), soft_wrap=True)  # a row per line, however narrow
         return
     from rich.live import Live
 
@@ -393,7 +393,7 @@ def cost(
     elif as_csv:
         sys.stdout.write(costs.to_csv(rows))
     else:
-        out.print(costs.render(rows, reference, source, by))
+        out.print(costs.render(rows, reference, source, by), soft_wrap=True)
 
 
 @app.command()

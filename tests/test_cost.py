@@ -246,6 +246,10 @@ def test_swarm_cost_reports_in_every_format(make_swarm, fake_api):
     for needle in ("a-1", "b-1", "pool a", "model claude-haiku-4-5", "total", "$0.012000",
                    f"ON {reference}", "SAVED"):
         assert needle in table.stdout, needle
+    # into a pipe (80 columns by default) the table is not wrapped: a row per line
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[0] == "WORKER" and lines[0].endswith("LOST IN FLIGHT")
+    assert len(lines[0]) > 80 and [line.split()[0] for line in lines[1:3]] == ["a-1", "b-1"]
     csv_text = swarm.cli("cost", "--by", "pool", "--csv").stdout.splitlines()
     assert csv_text[0].startswith("kind,key,calls,input,output")
     assert any(line.startswith("pool,a,2,2000,400") for line in csv_text)
