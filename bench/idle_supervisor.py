@@ -14,9 +14,9 @@ beaten, then over ``--seconds`` measures:
   MONITOR and attributed by command and key (the supervisor sends MGET of the
   heartbeats, LPOP of the control list, and writes the swarm's slots/meta/pools/events
   keys; everything else comes from workers), and set against what the code should
-  send (workers: SET + HSET + GET per beat, and an idle task consumer's XREADGROUP
-  BLOCK of at most 1 s, one after another; supervisor: MGET + LPOP per tick, 3 HSETs
-  per 2 s publish). MONITOR itself loads Redis, so it is kept out of the CPU window.
+  send (workers: SET + HSET + MGET of the pause flags per beat, an idle task consumer's
+  XREADGROUP BLOCK 5 s one after another, XPENDING every 15 s; supervisor: MGET + LPOP
+  per tick, 3 HSETs per 2 s publish). MONITOR itself loads Redis, so it is kept out of the CPU window.
 
 Also times, from this process, one sweep of ``launcher.proctree.Meter.sample()`` over all
 workers (the supervisor does one sweep every 2 s), as the likely main cost.
@@ -70,6 +70,7 @@ def attribute(client, name: str, seconds: float) -> Counter:  # type: ignore[no-
 
     supervisor_keys = {keys.slots(name), keys.meta(name), keys.pools(name), keys.events(name),
                        keys.control(name)}
+    beat = keys.heartbeat("")
     counts: Counter = Counter()
     deadline = time.monotonic() + seconds
     with client.monitor() as monitor:
@@ -79,7 +80,9 @@ def attribute(client, name: str, seconds: float) -> Counter:  # type: ignore[no-
             if verb in OWN_COMMANDS:
                 continue
             key = words[1] if len(words) > 1 else ""
-            who = "supervisor" if verb == "mget" or key in supervisor_keys else "workers"
+            # the supervisor's MGET reads the heartbeats; a worker's reads the pause flags
+            ours = key in supervisor_keys or (verb == "mget" and key.startswith(beat))
+            who = "supervisor" if ours else "workers"
             counts[(who, verb)] += 1
     return counts
 
@@ -162,13 +165,15 @@ def main() -> None:
     print(f"\nsupervisor memory: RSS {mib(sup_mem.rss)}, USS {mib(sup_mem.uss)}")
     print("\n## Redis commands per second\n")
     mon = args.monitor_seconds
-    block = min(1.0, interval)  # workers.tasks: XREADGROUP BLOCK of an idle consumer
-    expected_workers = args.workers * (3 / interval + 1 / block)
+    block, recheck = 5.0, 15.0  # workers.tasks: an idle consumer's XREADGROUP BLOCK 5 s,
+    # and its XPENDING look for orphaned deliveries every 15 s
+    expected_workers = args.workers * (3 / interval + 1 / block + 1 / recheck)
     expected_sup = 2 / tick + 3 / 2.0  # MGET + LPOP per tick; 3 HSETs per 2 s publish
     rows = []
     for who, expected, how in (
-        ("workers", expected_workers, f"SET + HSET + GET(paused) per beat every {interval:g}s; "
-                                      f"one XREADGROUP BLOCK {block * 1000:g}ms after another"),
+        ("workers", expected_workers, f"SET + HSET + MGET(paused) per beat every {interval:g}s; "
+                                      f"one XREADGROUP BLOCK {block * 1000:g}ms after another; "
+                                      f"XPENDING every {recheck:g}s"),
         ("supervisor", expected_sup, f"one pipeline per {tick:g}s tick: MGET({args.workers} "
                                      "keys) + LPOP; HSET slots/meta/pools every 2s"),
     ):
