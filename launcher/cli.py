@@ -24,7 +24,7 @@ app = typer.Typer(
     help="Start and supervise a local swarm of Claude workers coordinated through Redis.",
 )
 err = Console(stderr=True, highlight=False, emoji=False)
-out = Console(highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False, soft_wrap=True)  # a pipe gets whole lines
 
 SwarmOption = Annotated[
     Optional[str], typer.Option("--swarm", "-s", help="Which swarm, if several are here.")
@@ -116,7 +116,7 @@ def status(
         if as_json:
             print_json(view)
         else:
-            out.print(render(view), soft_wrap=True)  # a row per line, however narrow
+            out.print(render(view))
         return
     from rich.live import Live
 
@@ -393,7 +393,7 @@ def cost(
     elif as_csv:
         sys.stdout.write(costs.to_csv(rows))
     else:
-        out.print(costs.render(rows, reference, source, by), soft_wrap=True)
+        out.print(costs.render(rows, reference, source, by))
 
 
 @app.command()
