@@ -66,6 +66,7 @@ from _common import (
     table,
 )
 from idle_supervisor import OWN_COMMANDS, command_calls, cpu_seconds
+from idle_supervisor import attribute as by_sender
 
 from workers import scripts
 
@@ -151,25 +152,11 @@ def time_cli(folder: Path, args: list[str], runs: int, check: Any = None) -> lis
 
 def attribute(client: Any, name: str, seconds: float) -> dict[str, float]:
     """Commands per second sent by the supervisor and by the workers, from MONITOR, by
-    command and key: the supervisor's MGET reads heartbeats (a worker's reads the pause
-    flags), its LPOP the control list, its HSETs the swarm's slots/meta/pools hashes;
-    everything else is the workers'. (bench/idle_supervisor.py counts every MGET as the
-    supervisor's, from before workers read the pause flags with one.)"""
-    supervisor_keys = {keys.slots(name), keys.meta(name), keys.pools(name), keys.events(name),
-                       keys.control(name)}
-    beat = keys.heartbeat("")
-    counts = {"supervisor": 0, "workers": 0}
-    deadline = time.monotonic() + seconds
-    with client.monitor() as monitor:
-        while time.monotonic() < deadline:
-            words = monitor.next_command()["command"].split()
-            verb = words[0].lower() if words else "?"
-            if verb in OWN_COMMANDS:
-                continue
-            key = words[1] if len(words) > 1 else ""
-            ours = key in supervisor_keys or (verb == "mget" and key.startswith(beat))
-            counts["supervisor" if ours else "workers"] += 1
-    return {who: n / seconds for who, n in counts.items()}
+    command and key (idle_supervisor.attribute)."""
+    per_second = {"supervisor": 0.0, "workers": 0.0}
+    for (who, _verb), n in by_sender(client, name, seconds).items():
+        per_second[who] += n / seconds
+    return per_second
 
 
 def memory(pids: list[int], sup: psutil.Process, redis_proc: psutil.Process) -> dict[str, Any]:

@@ -98,21 +98,25 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def in_trees(pids: list[int]) -> list[psutil.Process]:
+    """Every process of the trees rooted at ``pids``, each once."""
+    seen: dict[int, psutil.Process] = {}
+    for pid in pids:
+        for proc in tree(pid):
+            seen.setdefault(proc.pid, proc)
+    return list(seen.values())
+
+
 def mem_of(pids: list[int]) -> tuple[int, int]:
     """(RSS, PSS) in bytes of the process trees rooted at ``pids``."""
     rss = pss = 0
-    seen: set[int] = set()
-    for pid in pids:
-        for proc in tree(pid):
-            if proc.pid in seen:
-                continue
-            seen.add(proc.pid)
-            try:
-                info = proc.memory_full_info()
-                rss += info.rss
-                pss += getattr(info, "pss", info.rss)
-            except psutil.Error:
-                pass
+    for proc in in_trees(pids):
+        try:
+            info = proc.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        except psutil.Error:
+            pass
     return rss, pss
 
 
@@ -120,17 +124,12 @@ def cpu_of_trees(pids: list[int]) -> float:
     """CPU seconds of the trees rooted at ``pids``, reaped children (RQ's work horses)
     included through their parent's children_user/children_system."""
     total = 0.0
-    seen: set[int] = set()
-    for pid in pids:
-        for proc in tree(pid):
-            if proc.pid in seen:
-                continue
-            seen.add(proc.pid)
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                pass
+    for proc in in_trees(pids):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
     return total
 
 
