@@ -19,7 +19,7 @@ import textwrap
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -38,7 +38,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-bench-dummy-no-requests-are-made")
 
 from launcher.state import StateDir  # noqa: E402
-from workers import keys  # noqa: E402
+from workers import keys  # noqa: E402,F401 - the benchmarks take it from here
+from tests.procs import processes_under, wait_for  # noqa: E402,F401 - shared with the tests
 
 
 # --- running, stopping, cleaning up ------------------------------------------------
@@ -65,47 +66,20 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def processes_under(folder: Path) -> list[psutil.Process]:
-    """Every live process whose working directory is inside ``folder``."""
-    found = []
-    folder = folder.resolve()
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            cwd = Path(proc.cwd())
-        except (psutil.Error, OSError):
-            continue
-        if cwd == folder or folder in cwd.parents:
-            found.append(proc)
-    return found
-
-
-def kill_leftovers(folder: Path) -> int:
-    procs = processes_under(folder)
+def kill_all(procs: list[psutil.Process]) -> None:
+    """SIGKILL each, and wait (5 s at most) until they are gone."""
     for proc in procs:
         try:
             proc.kill()
         except psutil.Error:
             pass
     psutil.wait_procs(procs, timeout=5)
+
+
+def kill_leftovers(folder: Path) -> int:
+    procs = processes_under(folder)
+    kill_all(procs)
     return len(procs)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-        except Exception as exc:  # noqa: BLE001 - not ready yet
-            value, last = None, exc
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(every)
 
 
 # --- a swarm under test ------------------------------------------------------------

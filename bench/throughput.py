@@ -13,8 +13,6 @@ the same run by a bare AsyncAnthropic loop against the same server).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import statistics
 import subprocess
 import sys

@@ -28,7 +28,7 @@ BENCH = PEERS_DIR.parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from _common import ROOT, machine, revision, table  # noqa: F401
+from _common import ROOT, kill_all, machine, revision, table  # noqa: F401
 
 VENVS = Path(os.environ.get("PEER_VENVS", "/tmp/peer-venvs"))
 PIN = {
@@ -171,7 +171,7 @@ class Procs:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             pass
-        self._kill(family + [p for p in tree(proc.pid) if p not in family])
+        kill_all(family + [p for p in tree(proc.pid) if p not in family])
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -181,20 +181,11 @@ class Procs:
         except subprocess.TimeoutExpired:
             pass
 
-    @staticmethod
-    def _kill(procs: list[psutil.Process]) -> None:
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=5)
-
     def close(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None or tree(proc.pid):
                 self.stop(proc, grace=5.0)
-        self._kill(list(self.known.values()))
+        kill_all(list(self.known.values()))
         self.procs.clear()
 
 
