@@ -19,6 +19,7 @@ import textwrap
 import time
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -80,6 +81,25 @@ def kill_leftovers(folder: Path) -> int:
     procs = processes_under(folder)
     kill_all(procs)
     return len(procs)
+
+
+def time_runs(argv: list[str], cwd: Path, runs: int, check: Callable[[str], Any] | None = None,
+              warmups: int = 1) -> list[float]:
+    """Wall times of ``argv`` run as its own process ``runs`` times, after ``warmups``
+    untimed runs; ``check`` is given each run's stdout. A failed run raises."""
+    times = []
+    for i in range(warmups + runs):
+        start = time.perf_counter()
+        done = subprocess.run(argv, check=False, cwd=cwd, env=cli_env(), capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr or done.stdout}")
+        if check is not None:
+            check(done.stdout)
+        if i >= warmups:
+            times.append(elapsed)
+    return times
 
 
 # --- a swarm under test ------------------------------------------------------------

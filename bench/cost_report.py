@@ -15,13 +15,20 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SWARM_CLI, SwarmRun, cli_env, machine, revision, sigterm_exits, table  # noqa: E402
+from _common import (  # noqa: E402
+    SWARM_CLI,
+    SwarmRun,
+    machine,
+    revision,
+    sigterm_exits,
+    table,
+    time_runs,
+)
 
 from workers import keys, scripts  # noqa: E402
 
@@ -50,14 +57,7 @@ def record(client, name: str, start: int, count: int, rng: random.Random) -> Non
 
 
 def time_cli(folder: Path, *args: str, runs: int = 7) -> tuple[float, float]:
-    walls = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        done = subprocess.run([*SWARM_CLI, "cost", *args], cwd=folder, env=cli_env(),
-                              capture_output=True, text=True, timeout=120)
-        walls.append(time.perf_counter() - t0)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr)
+    walls = time_runs([*SWARM_CLI, "cost", *args], folder, runs, warmups=0)
     return statistics.median(walls), max(walls)
 
 

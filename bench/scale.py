@@ -41,7 +41,6 @@ import json
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,6 @@ from _common import (
     SWARM_SCRIPT,
     MachineLoad,
     SwarmRun,
-    cli_env,
     keys,
     machine,
     pool_yaml,
@@ -64,6 +62,7 @@ from _common import (
     sigterm_exits,
     summary,
     table,
+    time_runs,
 )
 from idle_supervisor import OWN_COMMANDS, command_calls, cpu_seconds
 from idle_supervisor import attribute as by_sender
@@ -133,21 +132,8 @@ def fill_ledger(client: Any, name: str, workers: list[str], calls: int,
 
 
 def time_cli(folder: Path, args: list[str], runs: int, check: Any = None) -> list[float]:
-    """Wall times of ``swarm ARGS`` as its own process, after one warm-up run."""
-    walls = []
-    for i in range(runs + 1):
-        t0 = time.perf_counter()
-        done = subprocess.run([SWARM_SCRIPT, *args], check=False, cwd=folder, env=cli_env(),
-                              capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
-        elapsed = time.perf_counter() - t0
-        if done.returncode != 0:
-            raise RuntimeError(f"swarm {' '.join(args)} failed: {done.stderr or done.stdout}")
-        if check is not None:
-            check(done.stdout)
-        if i > 0:
-            walls.append(elapsed)
-    return walls
+    """Wall times of ``swarm ARGS`` as a user runs it, after one warm-up run."""
+    return time_runs([SWARM_SCRIPT, *args], folder, runs, check)
 
 
 def attribute(client: Any, name: str, seconds: float) -> dict[str, float]:

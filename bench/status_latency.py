@@ -42,25 +42,10 @@ from _common import (  # noqa: E402
     sigterm_exits,
     summary,
     table,
+    time_runs,
 )
 
 PER_WORKER_GUESS = 25 * 2**20  # own (unshared) memory per forked worker, generous
-
-
-def time_runs(argv: list[str], cwd: Path, runs: int, check=None) -> list[float]:  # type: ignore[no-untyped-def]
-    times = []
-    for i in range(runs + 1):
-        start = time.perf_counter()
-        done = subprocess.run(argv, cwd=cwd, env=cli_env(), capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
-        elapsed = time.perf_counter() - start
-        if done.returncode != 0:
-            raise RuntimeError(f"{argv} failed: {done.stderr}")
-        if check is not None:
-            check(done.stdout)
-        if i > 0:  # the first is a warm-up
-            times.append(elapsed)
-    return times
 
 
 def import_breakdown(cwd: Path, top: int = 8) -> list[tuple[str, float]]:
