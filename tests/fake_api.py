@@ -549,6 +549,12 @@ async def _main(args: argparse.Namespace) -> FakeAPI:
         faults = Faults(args.fault_rate, statuses, args.seed)
     api = FakeAPI(args.latency, jitter=args.jitter, faults=faults,
                   retry_after=args.retry_after, keep_requests=1000, seed=args.seed)
+    await serve_until_stopped(api, args.port)
+    return api
+
+
+async def serve_until_stopped(api: FakeAPI, port: int) -> None:
+    """Serve on ``port`` until SIGTERM or SIGINT; prints ``listening on URL`` once ready."""
     loop = asyncio.get_running_loop()
 
     def ready() -> None:
@@ -556,8 +562,7 @@ async def _main(args: argparse.Namespace) -> FakeAPI:
             loop.add_signal_handler(sig, api.request_stop)
         print(f"listening on {api.url}", flush=True)
 
-    await api.serve(args.port, ready)
-    return api
+    await api.serve(port, ready)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import signal
 import sys
 import time
 from pathlib import Path
@@ -34,14 +33,7 @@ def script(req: fake_api.Request) -> None:
 
 async def main(args) -> None:  # type: ignore[no-untyped-def]
     api = LoggingFakeAPI(args.latency, script=script, jitter=args.jitter, keep_requests=10)
-    loop = asyncio.get_running_loop()
-
-    def ready() -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, api.request_stop)
-        print(f"listening on {api.url}", flush=True)
-
-    await api.serve(args.port, ready)
+    await fake_api.serve_until_stopped(api, args.port)
 
 
 if __name__ == "__main__":
