@@ -12,6 +12,7 @@ import pytest
 from conftest import Swarm, cli_env, fast_spec, pool, processes_under, wait_for
 from launcher.redis_server import EmbeddedRedis
 from launcher.state import StateDir
+from workers import keys
 
 
 def test_up_detached_status_logs_down(make_swarm):
@@ -114,7 +115,7 @@ def test_up_against_an_existing_redis_url(tmp_path: Path, make_swarm):
         finally:
             del os.environ["EXT_REDIS_PASSWORD"]
         client = target.sync()
-        assert client.sismember("swarm:registry", "ext")
+        assert client.sismember(keys.REGISTRY, "ext")
         assert client.exists("worker:status:a-1") and client.exists("worker:status:a-2")
         recorded = json.loads(swarm.state.redis_file.read_text())
         assert recorded == {"url": f"unix://{path}", "embedded": False}
@@ -122,7 +123,7 @@ def test_up_against_an_existing_redis_url(tmp_path: Path, make_swarm):
         swarm.proc.terminate()
         assert swarm.proc.wait(15) == 0
         assert client.ping(), "swarm down must not stop a Redis it did not start"
-        assert client.hget("swarm:ext:meta", "state") == "stopped"
+        assert client.hget(keys.meta("ext"), "state") == "stopped"
     finally:
         server.stop()
 

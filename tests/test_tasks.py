@@ -187,10 +187,10 @@ def test_two_workers_per_pool_hear_announcements_and_submit_costs_them_little(
         with swarm.redis().monitor() as monitor:
             watching.set()
             for command in monitor.listen():
-                if command["command"].startswith("EXISTS swarm:t:task:") and \
+                if command["command"].startswith(f"EXISTS {keys.task_meta('t', '')}") and \
                         command.get("client_type") != "lua":
                     looks.append(command["command"])
-                if command["command"].startswith("GET swarm:t:meta"):
+                if command["command"] == "ECHO end of watch":
                     return
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -198,7 +198,7 @@ def test_two_workers_per_pool_hear_announcements_and_submit_costs_them_little(
     watching.wait(5)
     ids = Swarm("t", r).submit_many([f"job {i}" for i in range(200)], pool="a")
     wait_for(lambda: all(all_results(swarm, ids).values()), 30, "every task's result")
-    r.get("swarm:t:meta:end")  # ends the watch
+    r.echo("end of watch")
     watcher.join(10)
     assert len(ids) <= len(looks) <= 3 * len(ids), \
         f"{len(looks)} lookups for {len(ids)} tasks by 3 listeners"
