@@ -79,8 +79,6 @@ class Ledger:
         nano = self.prices.nano(self.model, usage)
         ref = self.prices.nano(self.reference, usage) if self.reference else None
         now = time.time()
-        if self.tpm:  # give back what the estimate overcharged (or take what it missed)
-            await self.redis.hincrbyfloat(self._rate, "tok", call.tokens - usage.total)
         record_keys = [self._inflight, keys.ledger(self.swarm),
                        keys.ledger_minute(self.swarm, int(now // 60)),
                        keys.task_meta(self.swarm, call.task_id), keys.task_costs(self.swarm)]
@@ -88,14 +86,17 @@ class Ledger:
                        usage.input, usage.output, usage.cache_creation, usage.cache_read,
                        -1 if nano is None else nano, -1 if ref is None else ref, "",
                        keys.LEDGER_MINUTE_TTL]
-        await until_redis(lambda: self._record_once(call, record_keys, record_args, nano),
+        await until_redis(lambda: self._record_once(call, record_keys, record_args, nano,
+                                                    call.tokens - usage.total),
                           f"recording a call of task {call.task_id}")
         return nano
 
     async def _record_once(self, call: Call, record_keys: list[Any], record_args: list[Any],
-                           nano: int | None) -> None:
-        """MULTI: the RECORD script and the seed's float counter. Safe to repeat: if the
-        call is no longer in flight, an earlier try was recorded and its reply lost."""
+                           nano: int | None, overcharged: int) -> None:
+        """MULTI: the RECORD script, the seed's float counter and, with a tokens-per-minute
+        limit, the limiter's correction (the estimate charged at admission minus what the
+        call used). Safe to repeat: if the call is no longer in flight, an earlier try was
+        recorded and its reply lost."""
         if self._tried.get(call.field) and not await self.redis.hexists(self._inflight, call.field):
             return
         self._tried[call.field] = True
@@ -105,6 +106,8 @@ class Ledger:
         pipe.evalsha(self._record_sha, len(record_keys), *record_keys, *record_args)
         if nano:
             pipe.incrbyfloat(self._seed_cost, nano / 1e9)
+        if self.tpm:
+            pipe.hincrbyfloat(self._rate, "tok", overcharged)
         try:
             await pipe.execute()
         except redis.ResponseError as exc:
