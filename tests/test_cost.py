@@ -10,6 +10,8 @@ import signal
 import time
 from typing import Any
 
+import pytest
+
 from conftest import api_env, fast_spec, pool, wait_for
 from fake_api import Faults, error_reply, last_user_text, text_reply, tool_use_reply
 from launcher import costs
@@ -192,17 +194,19 @@ def test_rate_limit_holds_the_swarm_wide_request_rate(make_swarm, fake_api):
         assert sum(1 for t in times if start <= t < start + 1.0) <= 21
 
 
-def test_token_limit_charges_what_calls_used_not_the_estimate(make_swarm, fake_api):
-    """Admission charges the token bucket a bound (characters / 4 + max_tokens); the
-    settle gives back the difference, so the bucket ends charged with what was used."""
+@pytest.mark.parametrize("tpm", [6_000_000, 60_000])  # burst 100,000; burst 1,000 < bound
+def test_token_limit_charges_what_calls_used_not_the_estimate(make_swarm, fake_api, tpm):
+    """Admission charges the token bucket a bound (characters / 4 + max_tokens, at most
+    the bucket's size); the settle gives back the difference, so the bucket ends charged
+    with what was used."""
     fake_api.script = lambda req: text_reply("ok", input_tokens=1234, output_tokens=56)
     spec = fast_spec(pool("a", workers=1),
-                     extra="rate_limits:\n  test-model: {tpm: 6000000}\n")  # burst 100,000
+                     extra=f"rate_limits:\n  test-model: {{tpm: {tpm}}}\n")
     swarm = make_swarm(spec, env=api_env(fake_api)).start()
     finding = json.loads(swarm.cli("submit", "one call", "--wait", "--json").stdout)
     assert finding["tokens_used"] == 1234 + 56
     level = float(swarm.redis().hget(keys.rate("t", "test-model"), "tok"))
-    assert level == 100_000 - (1234 + 56)
+    assert level == tpm / 60 - (1234 + 56)
 
 
 def test_a_429_slows_the_whole_swarm(make_swarm, fake_api):

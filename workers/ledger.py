@@ -24,7 +24,7 @@ class Call:
     field: str
     task_id: str
     bound: int
-    tokens: int  # what the rate limiter was charged before the call
+    tokens: float  # what the token bucket was charged before the call
 
 
 class Ledger:
@@ -58,6 +58,8 @@ class Ledger:
         field = f"{self.consumer}|{uuid.uuid4().hex[:12]}"
         bound = self.prices.bound_nano(self.model, request_chars, max_tokens)
         tokens = request_chars // 4 + max_tokens  # charged now, corrected on settle
+        if self.tpm:  # ACQUIRE charges at most the bucket's size (a minute's worth / 60)
+            tokens = min(tokens, max(1, self.tpm / 60))
         entry = json.dumps({"worker": self.worker_id, "pool": self.pool, "model": self.model,
                             "task": task_id, "bound": bound, "ts": round(time.time(), 3)})
         while True:
