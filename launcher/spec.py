@@ -58,6 +58,7 @@ Size = Annotated[
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,62}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -128,15 +129,39 @@ class Restart(_Model):
 
 
 class Tools(_Model):
-    """The agent's tools; each is confined to the pool's workdir."""
+    """The agent's tools, each confined to the pool's workdir (swarm's own files in it
+    are hidden or read-only)."""
 
     read: bool = True
     write: bool = True
     edit: bool = True
     list: bool = True
     grep: bool = True
-    shell: bool = Field(False, description="run shell commands (cannot be truly confined)")
+    shell: bool = Field(False, description="run shell commands, in a sandbox by default")
     shell_timeout: Duration = Field(30.0, gt=0)
+    shell_sandbox: bool = Field(
+        True, description="false: commands run unsandboxed, as the worker's user, with "
+        "everything that user can reach (swarm's secrets included)")
+    shell_network: bool = Field(False, description="the sandboxed shell may use the network")
+    # (tuples: the field 'list' above hides the builtin in this class's annotations)
+    shell_env: tuple[str, ...] = Field(
+        (), description="names of environment variables the shell is given")
+    shell_paths: tuple[Path, ...] = Field(
+        (), description="more folders the sandbox shows, read-only")
+    max_file_bytes: Size = Field(4_000_000, ge=1, description="largest file edited or written")
+    tool_timeout: Duration = Field(30.0, gt=0, description="a file tool's time, at most")
+
+    @field_validator("shell_env")
+    @classmethod
+    def _no_secrets(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from workers.tools import SECRET_ENV
+
+        for name in names:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if name in SECRET_ENV:
+                raise ValueError(f"{name} is a secret of swarm's; it never reaches the shell")
+        return names
 
 
 class PriceOverride(_Model):
@@ -306,17 +331,23 @@ def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) ->
 
 
 def _resolve(spec: SwarmSpec, path: Path, lines: dict[Loc, int], label: str) -> None:
+    from launcher.fence import fence_for, workdir_problem
+
     base = path.resolve().parent
     spec._source = path.resolve()
     spec.state_dir = (base / spec.state_dir).resolve()
     spec.logs.dir = (base / spec.logs.dir).resolve()
+    fence = fence_for(spec)
     for name, pool in spec.pools.items():
+        loc = ("pools", name, "workdir")
         pool.workdir = (base / pool.workdir).resolve()
+        pool.tools.shell_paths = tuple((base / p).resolve() for p in pool.tools.shell_paths)
         if not pool.workdir.is_dir():
-            loc = ("pools", name, "workdir")
-            raise SpecError(
-                f"{label}:{_line_of(loc, lines)}: {_dotted(loc)}: no such directory: {pool.workdir}"
-            )
+            problem: str | None = f"no such directory: {pool.workdir}"
+        else:
+            problem = workdir_problem(pool.workdir, fence)
+        if problem:
+            raise SpecError(f"{label}:{_line_of(loc, lines)}: {_dotted(loc)}: {problem}")
 
 
 def _read_yaml(text: str, label: str) -> tuple[Any, dict[Loc, int]]:

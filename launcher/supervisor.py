@@ -30,6 +30,7 @@ import psutil
 
 from launcher import proctree, recovery
 from launcher.events import EventLog
+from launcher.fence import fence_for
 from launcher.logfiles import SlotLog
 from launcher.redis_server import EmbeddedRedis
 from launcher.slot import (
@@ -105,6 +106,7 @@ class Supervisor:
         from workers.pricing import newest_sonnet
 
         self.reference_model = self.spec.reference_model or newest_sonnet()
+        self.fence = fence_for(self.spec)  # what of this host the tools may not touch
         self.tick_interval = min(
             [0.5] + [p.heartbeat.expiry / 4 for p in self.spec.pools.values()]
         )
@@ -329,7 +331,8 @@ class Supervisor:
             max_turns=pool.max_turns,
             max_tokens=pool.max_tokens,
             max_retries=pool.max_retries,
-            tools=pool.tools.model_dump(),
+            tools=pool.tools.model_dump(mode="json"),
+            fence=self.fence,
             prices={m: o.rates() for m, o in self.spec.prices.items()},
             reference_model=self.reference_model,
             max_cost_usd=pool.max_cost_usd,

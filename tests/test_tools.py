@@ -268,11 +268,10 @@ def test_grep_finds_lines(work: Path, box: Toolbox) -> None:
     assert run(box, "grep", pattern="zzz") == "(no matches)"
 
 
-def test_grep_skips_big_files_and_is_capped(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tools, "GREP_MAX_FILE_BYTES", 1000)
+def test_grep_skips_big_files_and_is_capped(work: Path) -> None:
     (work / "big.txt").write_text("needle\n" * 1000)
     (work / "small.txt").write_text("needle\n" * 100)
-    box = Toolbox(work, ToolSettings(max_output_chars=300))
+    box = Toolbox(work, ToolSettings(max_output_chars=300, max_file_bytes=1000))
     out = run(box, "grep", pattern="needle")
     assert "big.txt" not in out
     assert out.startswith("small.txt:1: needle\nsmall.txt:2: needle\n")
@@ -281,9 +280,11 @@ def test_grep_skips_big_files_and_is_capped(work: Path, monkeypatch: pytest.Monk
 
 # --- shell -------------------------------------------------------------------------------
 
-@pytest.fixture
-def shell_box(work: Path) -> Toolbox:
-    return Toolbox(work, ToolSettings(shell=True, shell_timeout=2.0))
+@pytest.fixture(params=[True, False], ids=["sandboxed", "unsandboxed"])
+def shell_box(work: Path, request: pytest.FixtureRequest) -> Toolbox:
+    return Toolbox(work, ToolSettings(shell=True, shell_timeout=2.0,
+                                      shell_sandbox=request.param,
+                                      shell_env=("SWARM_TOOLS_TEST",)))
 
 
 def test_shell_reports_exit_code_and_output(work: Path, shell_box: Toolbox) -> None:
@@ -293,14 +294,13 @@ def test_shell_reports_exit_code_and_output(work: Path, shell_box: Toolbox) -> N
     assert run(shell_box, "shell", command="true") == "exit code: 0\n(no output)"
 
 
-def test_shell_timeout_kills_the_process_group(work: Path, shell_box: Toolbox) -> None:
+def test_shell_timeout_kills_everything_it_started(work: Path, shell_box: Toolbox) -> None:
     started = time.monotonic()
     with pytest.raises(ToolError, match="timed out after 0.5s") as err:
-        run(shell_box, "shell", command="echo begun; sleep 30 & echo $! > pid; wait",
-            timeout=0.5)
+        run(shell_box, "shell", command="echo begun; sleep 3071.5 & wait", timeout=0.5)
     assert time.monotonic() - started < 5
     assert "begun" in str(err.value)
-    assert_dead(int((work / "pid").read_text()))
+    assert_none_left("3071.5")
 
 
 def test_shell_timeout_is_capped_by_the_settings(shell_box: Toolbox) -> None:
@@ -310,10 +310,18 @@ def test_shell_timeout_is_capped_by_the_settings(shell_box: Toolbox) -> None:
     assert time.monotonic() - started < 6
 
 
-def test_shell_leaves_nothing_running_behind(work: Path, shell_box: Toolbox) -> None:
-    out = run(shell_box, "shell", command="sleep 30 >/dev/null 2>&1 & echo $! > pid")
+def test_shell_leaves_nothing_running_behind(shell_box: Toolbox) -> None:
+    out = run(shell_box, "shell", command="sleep 3072.5 >/dev/null 2>&1 &")
     assert out == "exit code: 0\n(no output)"
-    assert_dead(int((work / "pid").read_text()))
+    assert_none_left("3072.5")
+
+
+def test_the_sandboxed_shell_leaves_not_even_a_new_session_behind(work: Path) -> None:
+    box = Toolbox(work, ToolSettings(shell=True))
+    out = run(box, "shell", command="setsid sleep 3073.5 >/dev/null 2>&1 & "
+                                    "(setsid sh -c 'sleep 3073.5 &' &) ; echo started")
+    assert out == "exit code: 0\nstarted\n"
+    assert_none_left("3073.5")
 
 
 def test_shell_output_is_capped_and_keeps_head_and_tail(work: Path) -> None:
@@ -324,21 +332,27 @@ def test_shell_output_is_capped_and_keeps_head_and_tail(work: Path) -> None:
     assert "bytes of output cut" in out and len(out) < 250
 
 
-def test_shell_does_not_get_the_workers_secrets(shell_box: Toolbox,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shell_gets_only_the_environment_the_spec_names(shell_box: Toolbox,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-secret")
     monkeypatch.setenv("SWARM_TOOLS_TEST", "visible")
-    out = run(shell_box, "shell", command='echo "[$ANTHROPIC_API_KEY][$SWARM_TOOLS_TEST]"')
-    assert out == "exit code: 0\n[][visible]\n"
+    monkeypatch.setenv("SOMETHING_ELSE", "not named")
+    out = run(shell_box, "shell", command='echo "[$ANTHROPIC_API_KEY][$SWARM_TOOLS_TEST]'
+                                          '[$SOMETHING_ELSE]"')
+    assert out == "exit code: 0\n[][visible][]\n"
 
 
-def assert_dead(pid: int) -> None:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
+def assert_none_left(marker: str) -> None:
+    """No process is left whose command line is ``sleep <marker>``."""
+    def left() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if proc.info["cmdline"] == ["sleep", marker] and \
+                    proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        return found
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
         time.sleep(0.05)
-    raise AssertionError(f"process {pid} is still running")
+    assert not left(), f"still running: sleep {marker}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from workers.jail import Fence
 from workers.redis_target import RedisTarget
 
 # Exit codes a worker uses to say why it stopped (anything else is a crash).
@@ -42,6 +43,7 @@ class WorkerConfig:
     max_tokens: int = 4096
     max_retries: int = 4
     tools: dict[str, object] = field(default_factory=dict)  # workers.tools.ToolSettings
+    fence: Fence = field(default_factory=Fence)  # swarm's own places, out of the tools' reach
     prices: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> rates
     reference_model: str | None = None
     max_cost_usd: float | None = None

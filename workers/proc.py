@@ -1,10 +1,11 @@
-"""Process plumbing a child needs right after fork: die with the parent, own group."""
+"""Process plumbing: die with the parent; import only from where swarm is installed."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
+import sys
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -34,3 +35,14 @@ def preexec_die_with_parent(sig: int = signal.SIGTERM):  # type: ignore[no-untyp
         die_with_parent(sig, parent)
 
     return _preexec
+
+
+def isolate_imports(*folders: str) -> None:
+    """Take the current folder ('' or '.', which ``python -c`` and ``-m`` put on
+    sys.path) and ``folders`` (a workdir) off ``sys.path``, so this process never imports
+    a module a model wrote there. The folder swarm itself is in stays (a source checkout
+    run with ``python -m``)."""
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    banned = {os.path.realpath(f) for f in folders} - {os.path.realpath(own)}
+    sys.path[:] = [p for p in sys.path
+                   if p not in ("", ".") and os.path.realpath(p) not in banned]

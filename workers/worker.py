@@ -20,6 +20,7 @@ from typing import Any
 
 from workers import keys
 from workers.config import EXIT_BOOT_FAILED, EXIT_OK, EXIT_ORPHANED, WorkerConfig
+from workers.proc import isolate_imports
 
 log = logging.getLogger("swarm.worker")
 
@@ -29,12 +30,28 @@ def run(cfg: WorkerConfig) -> int:
     _setup_logging(cfg)
     faulthandler.enable()  # SIGABRT (sent for a hang) dumps every thread's stack first
     os.environ.update(cfg.env)
+    isolate_imports(os.getcwd(), cfg.workdir)
+    _more_files()
     try:
         os.chdir(cfg.workdir)
     except OSError as exc:
         log.error("cannot enter workdir %s: %s", cfg.workdir, exc)
         return EXIT_BOOT_FAILED
     return asyncio.run(Worker(cfg).main())
+
+
+def _more_files() -> None:
+    """Raise the soft limit of open files to the hard one: the tools hold a descriptor
+    per folder of each path they walk, and a task's connections need theirs."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def _setup_logging(cfg: WorkerConfig) -> None:
@@ -75,6 +92,7 @@ class Worker:
         self._beat_ms = max(1, int(cfg.heartbeat_expiry * 1000))
         self._redis_down_logged = False
         self.redis: Any = None
+        self.jail: Any = None
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -130,7 +148,11 @@ class Worker:
     def toolbox(self) -> Any:
         from workers.tools import Toolbox, ToolSettings
 
-        return Toolbox(self.cfg.workdir, ToolSettings(**self.cfg.tools))  # type: ignore[arg-type]
+        if self.jail is None:  # one open workdir for every task of this process
+            from workers.jail import Jail
+
+            self.jail = Jail(self.cfg.workdir, self.cfg.fence)
+        return Toolbox(self.jail, ToolSettings.of(self.cfg.tools))
 
     def task_started(self, task_id: str) -> None:
         self.busy[task_id] = None
