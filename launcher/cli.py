@@ -72,6 +72,10 @@ def up(
 
     spec = _load(spec_path)
     try:
+        up_mod.check_shell_sandbox(spec)
+    except up_mod.UpError as exc:
+        fail(str(exc), 2)
+    try:
         if detach:
             pid, problem = up_mod.detach(spec, spec_path, wait)
             if problem:

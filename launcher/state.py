@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,11 @@ STATE_DIRNAME = ".swarm"
 
 class NotFound(Exception):
     """No swarm could be found; ``str()`` is a one-line answer for the user."""
+
+
+class Untrusted(NotFound):
+    """A connection file that is not this user's private file: someone else could have
+    written it (to send our Redis password to a server of theirs)."""
 
 
 @dataclass(frozen=True)
@@ -100,19 +106,45 @@ class StateDir:
             self.password_file.unlink(missing_ok=True)
 
     def read_redis(self) -> RedisTarget | None:
+        """Where the swarm's Redis is, or None if it is not running. ``Untrusted`` if a
+        file (or the folder) is not this user's alone."""
         try:
-            info = json.loads(self.redis_file.read_text())
+            info = json.loads(self._read_trusted(self.redis_file))
+        except FileNotFoundError:
+            return None
         except (OSError, ValueError):
             return None
         try:
-            password: str | None = self.password_file.read_text()
-        except OSError:
+            password: str | None = self._read_trusted(self.password_file)
+        except FileNotFoundError:
             password = None
         return RedisTarget(info["url"], password)
+
+    def _read_trusted(self, path: Path) -> str:
+        _check_private(self.path, folder=True)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            _check_private(path, os.fstat(fd))
+            return handle.read(1_000_000).decode("utf-8")
 
     def clear_runtime(self) -> None:
         for path in (self.pid_file, self.redis_file, self.password_file):
             path.unlink(missing_ok=True)
+
+
+def _check_private(path: Path, st: os.stat_result | None = None,
+                   folder: bool = False) -> None:
+    """``path`` must be this user's and closed to others (a file: mode 0600; the state
+    folder: nobody else may write in it)."""
+    if st is None:
+        st = os.stat(path, follow_symlinks=False)
+    kind_ok = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
+    open_to = 0o022 if folder else 0o077
+    if st.st_uid != os.geteuid() or st.st_mode & open_to or not kind_ok:
+        raise Untrusted(
+            f"not trusting {path}: owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
+            f" (swarm's own {'folder' if folder else 'file'} is uid {os.geteuid()}'s, mode "
+            f"{'0700' if folder else '0600'}); remove it if it is not yours")
 
 
 def _started(pid: int) -> str:

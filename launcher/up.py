@@ -20,6 +20,7 @@ from launcher.logfiles import SUPERVISOR_FORMAT, rotating
 from launcher.redis_server import EmbeddedRedis, RedisStartError
 from launcher.spec import SwarmSpec
 from launcher.state import StateDir
+from workers.proc import isolate_imports
 from workers.redis_target import RedisTarget
 
 
@@ -29,6 +30,21 @@ class UpError(Exception):
 
 def state_of(spec: SwarmSpec) -> StateDir:
     return StateDir(spec.state_dir / spec.name)
+
+
+def check_shell_sandbox(spec: SwarmSpec) -> None:
+    """A pool whose shell is to be sandboxed needs a machine that can build the sandbox:
+    say so now, in one line, rather than fail every command later."""
+    from workers import sandbox
+
+    for name, pool in spec.pools.items():
+        if pool.tools.shell and pool.tools.shell_sandbox:
+            problem = sandbox.probe()
+            if problem:
+                raise UpError(
+                    f"{spec.source}: pools.{name}.tools.shell: shell commands cannot be "
+                    f"sandboxed on this machine ({problem}); set tools.shell_sandbox: "
+                    "false to run them unsandboxed, as the worker's user (see README)")
 
 
 def check_not_running(state: StateDir) -> None:
@@ -42,6 +58,8 @@ def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = T
 
     state = state_of(spec)
     check_not_running(state)
+    # neither this process nor the workers it forks import from here or a workdir
+    isolate_imports(os.getcwd(), *(str(p.workdir) for p in spec.pools.values()))
     state.create()
     spec.logs.dir.mkdir(parents=True, exist_ok=True)
     view = _live_view() if live and notify_fd is None and sys.stdout.isatty() else None
@@ -159,7 +177,8 @@ def detach(spec: SwarmSpec, spec_path: Path, timeout: float) -> tuple[int, str |
     fd = os.open(state.out_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher.cli", "up", str(spec_path),
+            # -P: never the current folder on sys.path (a workdir may be it)
+            [sys.executable, "-P", "-m", "launcher.cli", "up", str(spec_path),
              "--notify-fd", str(write_fd)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             pass_fds=[write_fd], start_new_session=True, close_fds=True,

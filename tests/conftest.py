@@ -20,11 +20,15 @@ from procs import processes_under, wait_for  # noqa: F401 - the tests import the
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
+# as the `swarm` script runs it: -P keeps the current folder (a workdir) off sys.path
+SWARM_CLI = [sys.executable, "-P", "-m", "launcher.cli"]
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
+    # (no empty entry: Python reads one as the current folder)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [str(TESTS), str(ROOT), *env.get("PYTHONPATH", "").split(os.pathsep)] if p)
     env.pop("SWARM_REDIS_URL", None)
     env["COLUMNS"] = "200"
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
@@ -52,7 +56,7 @@ class Swarm:
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "launcher.cli", *args], cwd=self.folder,
+            [*SWARM_CLI, *args], cwd=self.folder,
             env=cli_env(self.env),
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         )
@@ -61,7 +65,7 @@ class Swarm:
         """``swarm up`` in the foreground (as a child of the test), then wait for it."""
         with open(self.output, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "launcher.cli", "up", str(self.spec_path)],
+                [*SWARM_CLI, "up", str(self.spec_path)],
                 cwd=self.folder, env=cli_env(self.env), stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
