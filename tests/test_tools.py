@@ -10,6 +10,8 @@ from typing import Any
 
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from workers import tools
 from workers.tools import Toolbox, ToolError, ToolSettings, glob_regex
@@ -356,3 +358,53 @@ def assert_none_left(marker: str) -> None:
     while left() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left(), f"still running: sleep {marker}"
+
+
+@pytest.mark.parametrize("pattern", [
+    r"^b", r"b$", r"^$", r"\s*y", r"x\s*", r"a\nb", r"(?<!a)b", r"(?<![\s])b", r"\Ab",
+    r"b\Z", r"(?>\s*)$", r"\s*+$", r"[^x]+", r"\bb\b", r"(?s).b", r"", r"^\s+$",
+])
+def test_grep_finds_each_line_a_line_by_line_search_finds(work: Path, box: Toolbox,
+                                                           pattern: str) -> None:
+    """grep searches a file whole first: it must report exactly the lines a search of
+    each line alone reports, whatever the pattern."""
+    import regex
+
+    text = "ab\nb\n\n  \ny\nay\nx\n\nxb\r\nb b\n  b\n"
+    (work / "f.txt").write_bytes(text.encode())
+    lines = text.replace("\r\n", "\n").split("\n")[:-1]
+    expected = [f"f.txt:{n}: {line}" for n, line in enumerate(lines, 1)
+                if regex.search(pattern, line)]
+    assert run(box, "grep", pattern=pattern, glob="f.txt") == \
+        ("\n".join(expected) or "(no matches)")
+
+
+_TOKENS = ["a", "b", " ", r"\s", "^", "$", ".", "*", "+", "?", r"\n", "[ab]", "[^a]",
+           "(a|b)", r"\b", "(?m)", "{2}"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(tokens=st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=6),
+       text=st.text(alphabet="ab \n\r", max_size=40))
+def test_grep_agrees_with_a_search_of_each_line(tokens: list[str], text: str,
+                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    import regex
+
+    pattern = "".join(tokens)
+    try:
+        regex.compile(pattern)
+    except regex.error:
+        return
+    work = tmp_path_factory.mktemp("grep")
+    (work / "f.txt").write_bytes(text.encode())
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    expected = [f"f.txt:{n}: {line}" for n, line in enumerate(lines, 1)
+                if regex.search(pattern, line)]
+    box = Toolbox(work, ToolSettings())
+    try:
+        assert run(box, "grep", pattern=pattern, glob="f.txt") == \
+            ("\n".join(expected) or "(no matches)")
+    finally:
+        box.jail.close()

@@ -310,15 +310,16 @@ class Toolbox:
 
     def _grep(self, args: dict[str, Any], deadline: float) -> str:
         flags = regex.IGNORECASE if _arg(args, "ignore_case", bool, False) else 0
+        text = _arg(args, "pattern", str)
         try:
-            pattern = regex.compile(_arg(args, "pattern", str), flags)
+            search = _LineSearch(regex.compile(text, flags), text, flags)
         except regex.error as exc:
             raise ToolError(f"bad regular expression: {exc}") from None
         out: list[str] = []
         size, cap = 0, self.settings.max_output_chars
         with self.jail.walk(MAX_LIST_ENTRIES) as walk:
             for entry in self._matching(walk, _arg(args, "glob", str, "**/*"), deadline):
-                for hit in self._grep_file(pattern, entry, deadline):
+                for hit in self._grep_file(search, entry, deadline):
                     out.append(hit)
                     size += len(hit) + 1
                     if size > cap:
@@ -348,7 +349,7 @@ class Toolbox:
             return False
         return True
 
-    def _grep_file(self, pattern: regex.Pattern[str], entry: Entry,
+    def _grep_file(self, search: _LineSearch, entry: Entry,
                    deadline: float) -> Iterator[str]:
         try:
             fd = self.jail.open_entry(entry)
@@ -360,20 +361,13 @@ class Toolbox:
             data = f.read(self.settings.max_file_bytes + 1)
         if len(data) > self.settings.max_file_bytes or b"\0" in data[:_BINARY_PROBE]:
             return
-        lines = data.decode("utf-8", errors="replace").split("\n")
-        if lines[-1] == "":
-            lines.pop()
-        for lineno, line in enumerate(lines, 1):
-            line = line.removesuffix("\r")
-            try:
-                found = pattern.search(line, timeout=_left(deadline, "grep"),
-                                       concurrent=True)
-            except TimeoutError:
-                raise ToolError(f"grep stopped: the regular expression took too long on "
-                                f"{entry.rel}:{lineno} (it may backtrack without end; "
-                                "simplify it)") from None
-            if found:
+        text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+        try:
+            for lineno, line in search.lines(text, deadline):
                 yield f"{entry.rel}:{lineno}: {line[:GREP_MAX_LINE_CHARS]}"
+        except TimeoutError:
+            raise ToolError(f"grep stopped: the regular expression took too long in "
+                            f"{entry.rel} (it may backtrack without end; simplify it)") from None
 
     def _check_size(self, size: int, what: str) -> None:
         limit = self.settings.max_file_bytes
@@ -439,6 +433,68 @@ class Toolbox:
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+class _LineSearch:
+    """A pattern searched line by line, as grep does, each search with a time limit and
+    the GIL released.
+
+    A search call costs about 3 µs with a time limit, so a file is not searched a line
+    at a time: the whole text is searched (``^`` and ``$`` at line ends), each line
+    where a match starts is then checked alone, and the search goes on from the next
+    line. No line is missed: a match a line has alone also starts there in the whole
+    text, unless the pattern can look beyond the line (lookarounds, atomic groups,
+    possessive quantifiers, ``\\A \\Z \\G \\K``); such a pattern is searched line by
+    line."""
+
+    _LOOKS_BEYOND = regex.compile(r"\(\?[<=!>]|\\[AZGK]|[*+?}]\+")
+
+    def __init__(self, pattern: regex.Pattern[str], text: str, flags: int) -> None:
+        self.pattern = pattern
+        self.whole = None if self._LOOKS_BEYOND.search(text) else \
+            regex.compile(text, flags | regex.MULTILINE)
+
+    def lines(self, text: str, deadline: float) -> Iterator[tuple[int, str]]:
+        """(line number, line) of each line of ``text`` the pattern matches."""
+        if self.whole is None:
+            for lineno, line in enumerate(_split_lines(text), 1):
+                if self._matches(line, deadline):
+                    yield lineno, line
+            return
+        pos, lineno, counted = 0, 1, 0
+        while pos <= len(text):
+            found = self.whole.search(text, pos, timeout=_time_left(deadline),
+                                      concurrent=True)
+            if found is None:
+                return
+            start = text.rfind("\n", 0, found.start()) + 1
+            end = text.find("\n", found.start())
+            end = len(text) if end < 0 else end
+            lineno += text.count("\n", counted, start)
+            counted = start
+            line = text[start:end]
+            if (start < end or end < len(text)) and self._matches(line, deadline):
+                yield lineno, line
+            pos = end + 1
+
+    def _matches(self, line: str, deadline: float) -> bool:
+        return self.pattern.search(line, timeout=_time_left(deadline),
+                                   concurrent=True) is not None
+
+
+def _split_lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds until ``deadline``; ``TimeoutError`` if it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
 
 def _tool_threads() -> ThreadPoolExecutor:
     """The file tools' own threads (made on first use, in the worker), so that slow
