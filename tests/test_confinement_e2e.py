@@ -130,6 +130,10 @@ def test_the_sandboxed_shell_through_a_real_swarm(make_swarm: Any, fake_api: Any
     shell(f"echo pwned > {outside}/x; echo pwned >> {outside}/secret.txt; "
           "echo '# shell: true' >> swarm.yaml; echo x >> .git/config")
     shell("setsid sleep 3091.5 >/dev/null 2>&1 & echo started")
+    supervisor = psutil.Process(swarm.supervisor_pid())
+    shell(f"kill -STOP {supervisor.pid}; kill -9 {supervisor.pid}; kill -9 -1; echo tried")
+    assert supervisor.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
+    assert swarm.all_beating()
     assert "ok" in shell("echo ok > mine.txt && cat mine.txt")
     assert (work / "mine.txt").read_text() == "ok\n"
     assert (outside / "secret.txt").read_text() == "OUTSIDE-SECRET\n"

@@ -344,6 +344,18 @@ def test_shell_gets_only_the_environment_the_spec_names(shell_box: Toolbox,
     assert out == "exit code: 0\n[][visible][]\n"
 
 
+def test_the_sandbox_shows_more_folders_read_only_when_the_spec_asks(work: Path) -> None:
+    more = work.parent / "toolchain"
+    more.mkdir()
+    (more / "tool.txt").write_text("a tool\n")
+    hidden = Toolbox(work, ToolSettings(shell=True))
+    assert run(hidden, "shell", command=f"cat {more}/tool.txt").startswith("exit code: 1")
+    shown = Toolbox(work, ToolSettings(shell=True, shell_paths=(str(more),)))
+    assert run(shown, "shell", command=f"cat {more}/tool.txt") == "exit code: 0\na tool\n"
+    out = run(shown, "shell", command=f"echo x > {more}/tool.txt")
+    assert not out.startswith("exit code: 0") and (more / "tool.txt").read_text() == "a tool\n"
+
+
 def assert_none_left(marker: str) -> None:
     """No process is left whose command line is ``sleep <marker>``."""
     def left() -> list[int]:
