@@ -68,9 +68,10 @@ def attribute(client, name: str, seconds: float) -> Counter:  # type: ignore[no-
     """(who, command) -> count, from MONITOR, by command and key."""
     from workers import keys
 
-    supervisor_keys = {keys.slots(name), keys.meta(name), keys.pools(name), keys.events(name),
-                       keys.control(name)}
-    beat = keys.heartbeat("")
+    supervisor_keys = {keys.meta(name), keys.pools(name), keys.events(name), keys.REGISTRY}
+    host_prefix = keys.host(name, "")  # every host's lease, slots, pools and control list
+    queues = keys.queue(name, "")  # the supervisor's XPENDING look for dead consumers
+    lease = keys.lease(name, "")
     counts: Counter = Counter()
     deadline = time.monotonic() + seconds
     with client.monitor() as monitor:
@@ -80,8 +81,10 @@ def attribute(client, name: str, seconds: float) -> Counter:  # type: ignore[no-
             if verb in OWN_COMMANDS:
                 continue
             key = words[1] if len(words) > 1 else ""
-            # the supervisor's MGET reads the heartbeats; a worker's reads the pause flags
-            ours = key in supervisor_keys or (verb == "mget" and key.startswith(beat))
+            # the supervisor's MGET reads the leases; a worker's reads the pause flags
+            ours = (key in supervisor_keys or key.startswith(host_prefix)
+                    or (verb == "mget" and key.startswith(lease))
+                    or (verb == "xpending" and key.startswith(queues)))
             who = "supervisor" if ours else "workers"
             counts[(who, verb)] += 1
     return counts

@@ -80,6 +80,13 @@ def iso_ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+def run_host() -> str:
+    """The host name the swarm this benchmark starts runs under."""
+    from launcher.spec import machine_host
+
+    return os.environ.get("SWARM_HOST") or machine_host()
+
+
 class BeatWatch:
     """Says when a worker's report hash is written by a new pid (its first heartbeat),
     from keyspace notifications on that hash."""
@@ -207,7 +214,7 @@ def swarm_events(args: argparse.Namespace, preload_all: bool = False) -> dict[st
     label = "swarm" + (" (preload all)" if preload_all else "")
     try:
         run.start(1)
-        watch = BeatWatch(run.client(), "rl", "w-1")
+        watch = BeatWatch(run.client(), "rl", keys.worker_id("rl", run_host(), "w-1"))
         print(f"{label}: supervisor pid {run.pid}, worker pid {watch.current()[0]}",
               file=sys.stderr)
         crash = crash_events(watch, args.events, args.gap, label)

@@ -124,7 +124,7 @@ def fill_ledger(client: Any, name: str, workers: list[str], calls: int,
         a = ["", rng.choice(workers), POOL, MODEL, task,
              rng.randint(100, 5000), rng.randint(10, 2000), rng.choice([0, 0, 1000]),
              rng.choice([0, 3000]), rng.randint(10_000, 9_000_000),
-             rng.randint(50_000, 20_000_000), "", keys.LEDGER_MINUTE_TTL]
+             rng.randint(50_000, 20_000_000), "bench", keys.LEDGER_MINUTE_TTL]
         pipe.evalsha(sha, len(k), *k, *a)
         if len(pipe) >= 5000:
             pipe.execute()

@@ -75,6 +75,9 @@ def up(
         up_mod.check_shell_sandbox(spec)
     except up_mod.UpError as exc:
         fail(str(exc), 2)
+    warning = up_mod.persistence_warning(spec)
+    if warning:
+        err.print(f"swarm: warning: {warning}", markup=False, soft_wrap=True)
     try:
         if detach:
             pid, problem = up_mod.detach(spec, spec_path, wait)
@@ -133,67 +136,86 @@ def status(
         pass
 
 
+HostOption = Annotated[
+    Optional[str], typer.Option("--host", help="Which host of the swarm (default: every "
+                                "host for down; this one, or the only one, for scale).")
+]
+
+
 @app.command()
 def down(
     swarm: SwarmOption = None,
     now: Annotated[bool, typer.Option("--now", help="Do not wait for tasks to finish.")] = False,
+    host: HostOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the swarm to stop.")] = 120.0,
 ) -> None:
-    """Stop the swarm: workers finish or hand back their tasks, then everything exits."""
+    """Stop the swarm on every host (or one): workers finish or hand back their tasks,
+    then everything exits. Returns once every host's supervisor has confirmed."""
+    from launcher.client import SwarmError
     from launcher.connect import NotRunning, locate
     from launcher.state import NotFound
 
     try:
         found = locate(swarm)
-    except NotRunning as exc:
+    except (NotRunning, NotFound) as exc:
         fail(str(exc))
-    except NotFound as exc:
-        fail(str(exc))
+    api = _api_of(found)
+    here = found.state.read_info().get("host") if found.state else None
     pid = found.state.live_pid() if found.state else None
-    if found.state is not None and pid is None:
+    private = found.state is not None and found.state.embedded()
+    if found.state is not None and pid is None and (private or not api.hosts()):
         found.state.clear_runtime()
         fail(f"swarm '{found.name}' is not running")
-    sent = _send_control(found, {"cmd": "down", "now": now})
-    if pid is not None:
+    if private and pid is not None:  # one host, and its Redis goes with it
+        _send_control(api, here or "", {"cmd": "down", "now": now})
         os.kill(pid, signal.SIGQUIT if now else signal.SIGTERM)
-    elif not sent:
-        fail(f"swarm '{found.name}' is not running")
-    if not _wait_stopped(found, pid, timeout):
-        fail(f"swarm '{found.name}' did not stop within {timeout:g}s")
-    out.print(f"swarm '{found.name}' is down.")
+        if not _wait_pid(pid, timeout):
+            fail(f"swarm '{found.name}' did not stop within {timeout:g}s")
+        out.print(f"swarm '{found.name}' is down.")
+        return
+    if pid is not None and host in (None, here):
+        os.kill(pid, signal.SIGQUIT if now else signal.SIGTERM)  # this host's, at once
+    try:
+        stopped, silent, lost = api.down(now, host, timeout)
+    except SwarmError as exc:
+        fail(str(exc))
+    if pid is not None and host in (None, here) and not _wait_pid(pid, timeout):
+        silent.append(f"{here} (pid {pid})")
+    said = "".join(f"; {h} was already lost" for h in lost)
+    if silent:
+        fail(f"swarm '{found.name}': no confirmation from {', '.join(silent)} within "
+             f"{timeout:g}s" + (f" (stopped: {', '.join(stopped)})" if stopped else "") + said)
+    where = f" on {host}" if host else ""
+    hosts = f" ({len(stopped)} hosts: {', '.join(stopped)})" if len(stopped) > 1 else ""
+    out.print(f"swarm '{found.name}' is down{where}{hosts}{said}.")
 
 
-def _send_control(found, command: dict) -> bool:  # type: ignore[no-untyped-def]
+def _send_control(api, host: str, command: dict) -> None:  # type: ignore[no-untyped-def]
     import redis
 
     from workers import keys
 
     try:
-        found.client().rpush(keys.control(found.name), json.dumps(command))
-        return True
+        api.redis.rpush(keys.host_control(api.name, host), json.dumps(command))
     except redis.RedisError:
-        return False
+        pass  # the signal does it
 
 
-def _wait_stopped(found, pid: int | None, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    import redis
-
+def _wait_pid(pid: int, timeout: float) -> bool:
     from launcher.state import pid_alive
-    from workers import keys
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pid is not None:
-            if not pid_alive(pid):
-                return True
-        else:
-            try:
-                if found.client().hget(keys.meta(found.name), "state") in (None, "stopped"):
-                    return True
-            except redis.RedisError:
-                return True
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-    return False
+    return True
+
+
+def _api_of(found):  # type: ignore[no-untyped-def]
+    from launcher.client import Swarm
+
+    return Swarm(found.name, found.client())
 
 
 @app.command()
@@ -201,32 +223,31 @@ def scale(
     pool: Annotated[str, typer.Argument(help="The pool to resize.")],
     workers: Annotated[int, typer.Argument(help="How many workers it should have.", min=0)],
     swarm: SwarmOption = None,
+    host: HostOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the supervisor.")] = 10.0,
 ) -> None:
-    """Add or retire workers of one pool; no other worker is touched."""
+    """Add or retire workers of one pool on one host; no other worker is touched."""
     import redis
 
-    from workers import keys
+    from launcher.client import SwarmError
 
     found = _locate(swarm)
-    client = found.client()
+    api = _api_of(found)
+    here = found.state.read_info().get("host") if found.state else None
     try:
-        pools = client.hgetall(keys.pools(found.name))
-        if pool not in pools:
-            known = ", ".join(sorted(pools)) or "none"
-            fail(f"swarm '{found.name}' has no pool {pool!r} (pools: {known})", 2)
-        before = int(pools[pool])
-        client.rpush(keys.control(found.name), json.dumps(
-            {"cmd": "scale", "pool": pool, "workers": workers}))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if client.hget(keys.pools(found.name), pool) == str(workers):
-                out.print(f"{pool}: {before} -> {workers} workers")
-                return
-            time.sleep(0.05)
+        target = api.pick_host(host, here or os.environ.get("SWARM_HOST") or _machine())
+        before = api.scale(pool, workers, target, timeout)
+    except SwarmError as exc:
+        fail(str(exc), 2 if "has no pool" in str(exc) else 1)
     except redis.RedisError as exc:
         fail(f"swarm '{found.name}' is not running ({exc})")
-    fail(f"the supervisor of '{found.name}' did not take the change within {timeout:g}s")
+    out.print(f"{pool}: {before} -> {workers} workers on {target}")
+
+
+def _machine() -> str:
+    from launcher.spec import machine_host
+
+    return machine_host()
 
 
 @app.command()
@@ -362,7 +383,7 @@ def resume(swarm: SwarmOption = None) -> None:
 
 @app.command()
 def cost(
-    by: Annotated[str, typer.Option("--by", help="worker, pool, model or task")] = "worker",
+    by: Annotated[str, typer.Option("--by", help="worker, host, pool, model or task")] = "worker",
     since: Annotated[Optional[str], typer.Option("--since", help="Only the last DURATION (e.g. 1h).")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="With --by task: how many.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

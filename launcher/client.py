@@ -23,8 +23,22 @@ from workers.payload import Task, dump
 DONE_STATES = ("done", "failed", "dead")
 
 
-class SubmitError(Exception):
+class SwarmError(Exception):
+    """A request the swarm cannot do; ``str()`` says why in one line."""
+
+
+class SubmitError(SwarmError):
     """The task was not accepted; ``str()`` says why in one line."""
+
+
+def _check_text(text: str) -> None:
+    """Text that cannot be sent to the API (lone surrogates, as from command-line bytes
+    that are not UTF-8) is refused here, not failed at every try in a worker."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SubmitError(f"the task's text is not valid UTF-8: {text[exc.start]!a} at "
+                          f"character {exc.start} (bytes that are not UTF-8?)") from None
 
 
 @dataclass
@@ -52,6 +66,8 @@ class Swarm:
         """Queue many tasks in one round trip per thousand; returns their ids."""
         if any(not d.strip() for d in descriptions):
             raise SubmitError("a task's description is empty")
+        for text in (*descriptions, *files):
+            _check_text(text)
         if task_ids is not None and len(task_ids) != len(descriptions):
             raise SubmitError("task_ids and descriptions differ in length")
         pool = self._pool(pool)
@@ -61,7 +77,7 @@ class Swarm:
         for start in range(0, len(ids), 1000):
             pipe = self.redis.pipeline(transaction=False)
             for task_id, text in zip(ids[start:start + 1000], descriptions[start:start + 1000]):
-                pipe.set(keys.task(task_id), dump(Task(text, files, pool)))
+                pipe.set(keys.task(task_id), dump(Task(text, files, pool, {"swarm": self.name})))
                 k, a = scripts.enqueue_args(self.name, pool, task_id, "submit", time.time())
                 script(keys=k, args=a, client=pipe)
                 pipe.publish(keys.CHANNEL_TASKS, task_id)
@@ -118,6 +134,83 @@ class Swarm:
         record: dict[str, Any] = {"id": task_id, **meta, "payload": body, "claimed": claimed}
         record["finding"] = self.finding_of(task_id) if finding_id else None
         return record
+
+    # --- hosts: scale and stop ------------------------------------------------------
+
+    def hosts(self) -> dict[str, bool]:
+        """Every host of the swarm -> whether its supervisor holds its lease (lives)."""
+        names = sorted(self.redis.smembers(keys.hosts(self.name)))
+        pipe = self.redis.pipeline(transaction=False)
+        for host in names:
+            pipe.exists(keys.host(self.name, host))
+        return {host: bool(alive) for host, alive in zip(names, pipe.execute())}
+
+    def pick_host(self, host: str | None, here: str | None = None) -> str:
+        """The live host a command is for: ``host``, else ``here`` (the host this shell
+        runs on) if it runs the swarm, else the only live host. SwarmError otherwise."""
+        alive = [h for h, up in self.hosts().items() if up]
+        if host is not None:
+            if host not in alive:
+                raise SwarmError(f"swarm '{self.name}' has no live host {host!r} "
+                                 f"(live: {', '.join(alive) or 'none'})")
+            return host
+        if here in alive:
+            return str(here)
+        if len(alive) == 1:
+            return alive[0]
+        if not alive:
+            raise SwarmError(f"swarm '{self.name}' is not running on any host")
+        raise SwarmError(f"swarm '{self.name}' runs on {len(alive)} hosts "
+                         f"({', '.join(alive)}): choose one with --host")
+
+    def scale(self, pool: str, workers: int, host: str, timeout: float = 10.0) -> int:
+        """Ask ``host``'s supervisor for ``workers`` workers of ``pool``; returns how many
+        it had. SwarmError if the pool does not exist or the host does not answer."""
+        if workers < 0:
+            raise SwarmError(f"cannot scale to {workers} workers")
+        pools = self.redis.hgetall(keys.host_pools(self.name, host))
+        if pool not in pools:
+            known = ", ".join(sorted(pools)) or "none"
+            raise SwarmError(f"swarm '{self.name}' has no pool {pool!r} (pools: {known})")
+        self.redis.rpush(keys.host_control(self.name, host), json.dumps(
+            {"cmd": "scale", "pool": pool, "workers": workers}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.redis.hget(keys.host_pools(self.name, host), pool) == str(workers):
+                return int(pools[pool])
+            time.sleep(0.05)
+        raise SwarmError(f"the supervisor on {host} did not take the change within "
+                         f"{timeout:g}s")
+
+    def down(self, now: bool = False, host: str | None = None,
+             timeout: float = 120.0) -> tuple[list[str], list[str], list[str]]:
+        """Stop the swarm on every host (or on ``host``). Returns (hosts whose supervisor
+        confirmed it stopped, hosts that did not within ``timeout``, hosts already lost,
+        which are forgotten)."""
+        known = self.hosts()
+        if host is not None and not known.get(host):
+            raise SwarmError(f"swarm '{self.name}' has no live host {host!r} "
+                             f"(live: {', '.join(h for h, up in known.items() if up) or 'none'})")
+        targets = [host] if host else [h for h, up in known.items() if up]
+        lost = [] if host else [h for h, up in known.items() if not up]
+        pipe = self.redis.pipeline(transaction=False)
+        for name in targets:
+            pipe.rpush(keys.host_control(self.name, name), json.dumps({"cmd": "down", "now": now}))
+        for name in lost:
+            pipe.srem(keys.hosts(self.name), name)
+            pipe.delete(keys.host_slots(self.name, name), keys.host_pools(self.name, name))
+        pipe.execute()
+        deadline = time.monotonic() + timeout
+        waiting = list(targets)
+        while waiting and time.monotonic() < deadline:
+            members = self.redis.smembers(keys.hosts(self.name))
+            waiting = [name for name in waiting if name in members]
+            if waiting:
+                time.sleep(0.05)
+        if not host and not waiting and not targets:
+            self.redis.hset(keys.meta(self.name), "state", "stopped")
+        stopped = [name for name in targets if name not in waiting]
+        return stopped, waiting, lost
 
     def tasks(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The newest tasks first, optionally only those in ``state``."""

@@ -18,7 +18,7 @@ from workers import keys
 
 METRICS = ("calls", "input", "output", "cache_write", "cache_read", "nano", "ref_nano",
            "unpriced_calls", "lost_calls", "lost_bound_nano")
-DIMS = ("worker", "pool", "model", "task")
+DIMS = ("worker", "host", "pool", "model", "task")
 
 
 @dataclass
@@ -68,7 +68,7 @@ def rows_by(counters: dict[str, dict[str, dict[str, int]]], by: str) -> list[Row
         return [Row(dim, key, vals) for key, vals in sorted(counters.get(dim, {}).items(),
                                                              key=lambda kv: _order(kv[0]))]
     result = rows(by)
-    if by == "worker":
+    if by in ("worker", "host"):
         result += rows("pool") + rows("model")
     elif by == "pool":
         result += rows("model")
@@ -94,8 +94,14 @@ def rows_by_task(client: Any, name: str, limit: int, since: float | None) -> lis
 
 
 def _order(key: str) -> tuple[str, int]:
+    """Worker ids sort by host, pool, then the slot's number (haiku-2 before haiku-10)."""
     head, _, tail = key.rpartition("-")
     return (head, int(tail)) if tail.isdigit() else (key, 0)
+
+
+def short(key: str, kind: str) -> str:
+    """A worker row names ``host/slot``: the swarm is the one being shown."""
+    return key.split("/", 1)[1] if kind == "worker" and key.count("/") == 2 else key
 
 
 def usd(nano: int) -> str:
@@ -131,7 +137,8 @@ def render(rows: list[Row], reference: str, source: str, by: str) -> Any:
 
 
 def _cost_cells(row: Row, by: str) -> list[str]:
-    label = row.key if row.kind in (by, "total") else f"{row.kind} {row.key}"
+    key = short(row.key, row.kind)
+    label = key if row.kind in (by, "total") else f"{row.kind} {key}"
     ref, cost = row.get("ref_nano"), row.get("nano")
     saved = f"{(ref - cost) / ref * 100:.1f}%" if ref else "-"
     lost = (f"{row.get('lost_calls')} (≤ {usd(row.get('lost_bound_nano'))})"

@@ -52,14 +52,15 @@ class LiveView:
             table.add_column(column)
         for slot in sorted(sup.slots.values(), key=lambda s: (s.pool, s.index)):
             table.add_row(
-                slot.worker_id, str(slot.pid or "-"), str(slot.generation),
+                slot.name, str(slot.pid or "-"), str(slot.generation),
                 Text(slot.state, style=_STYLE.get(slot.state, "")), str(slot.restarts),
                 format_size(slot.rss) if slot.rss else "-", f"{slot.cpu:.1f}",
                 slot.last_exit,
             )
         state = "stopping" if sup.stopping_since else "running"
         head = Text.from_markup(
-            f"[bold]swarm {sup.spec.name}[/] {state}: {len(sup.running)} processes  "
+            f"[bold]swarm {sup.spec.name}[/] {state} on {sup.host}: {len(sup.running)} "
+            "processes  "
             "[dim](Ctrl-C to stop gracefully, twice to stop now)[/]"
         )
         return Group(head, table)

@@ -1,21 +1,32 @@
-"""Nothing lost: what the supervisor does for tasks whose worker is gone.
+"""Nothing lost: what a supervisor does for tasks whose worker is gone.
 
 * ``hand_back``: the moment a worker process is reaped (crash, hang, memory kill, or
   a clean stop with work unfinished), every delivery still pending for its consumer goes
   back on the queue, and its seed claim is released. No visibility timeout to wait out.
-* ``recover_orphans``: at start, deliveries pending for consumers of an earlier run
-  (the supervisor itself was killed) are handed back the same way.
+* ``reap``: any supervisor of the swarm, every tick, hands back what the swarm's other
+  dead consumers hold: of its own host, those that are not its live processes (an earlier
+  run's); of other hosts, those whose lease expired (a host that lost power). A consumer
+  whose lease lives is never touched, however long its task runs.
 * ``scan_seed_tasks``: at start, ``task:{id}`` keys announced while no swarm listened
-  (pub/sub drops those) are enqueued, unless claimed or done.
+  (pub/sub drops those) are enqueued, unless claimed, done, or another swarm's.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from workers import keys, scripts
-from workers.payload import route
+from workers.payload import owner, route
+
+
+@dataclass
+class Reaped:
+    consumer: str
+    tasks: int  # deliveries handed back
+    calls: int  # calls in flight counted as lost
+    bound_nano: int
 
 
 def prepare_queues(redis: Any, swarm: str, pools: list[str]) -> None:
@@ -49,7 +60,7 @@ def hand_back(redis: Any, swarm: str, pool: str, consumer: str, reason: str,
                                           reason)
             if script(keys=k, args=a) == "requeued":
                 requeued += 1
-    redis.xgroup_delconsumer(stream, keys.GROUP, consumer)
+    redis.register_script(scripts.FORGET_CONSUMER)(keys=[stream], args=[keys.GROUP, consumer])
     return requeued
 
 
@@ -61,20 +72,37 @@ def lose_calls(redis: Any, swarm: str, pattern: str) -> tuple[int, int]:
     return int(calls), int(bound)
 
 
-def recover_orphans(redis: Any, swarm: str, pools: list[str]) -> dict[str, int]:
-    """Hand back whatever consumers of an earlier run left pending. (Their calls in
-    flight are counted as lost by the caller: at start, every call in flight is.)"""
-    found: dict[str, int] = {}
+def reap(redis: Any, swarm: str, host: str, pools: list[str], live: set[str]) -> list[Reaped]:
+    """Hand back the deliveries of the swarm's dead consumers, and count their calls in
+    flight as lost: this host's that are not in ``live``, other hosts' whose lease is
+    gone. One round trip when nobody died (an XPENDING summary per pool)."""
+    pipe = redis.pipeline(transaction=False)
     for pool in pools:
-        for info in redis.xinfo_consumers(keys.queue(swarm, pool), keys.GROUP):
-            name = info["name"]
-            found[name] = hand_back(redis, swarm, pool, name,
-                                    f"{name} gone with an earlier supervisor", refund=False)
-    return found
+        pipe.xpending(keys.queue(swarm, pool), keys.GROUP)
+    holders = [(pool, c["name"]) for pool, summary in zip(pools, pipe.execute())
+               for c in (summary or {}).get("consumers") or [] if c["name"] not in live]
+    if not holders:
+        return []
+    ours = keys.worker_id(swarm, host, "")
+    others = [(pool, c) for pool, c in holders if not c.startswith(ours)]
+    pipe = redis.pipeline(transaction=False)
+    for _, name in others:
+        pipe.exists(keys.lease(swarm, name))
+    expired = {name for (_, name), alive in zip(others, pipe.execute()) if not alive}
+    reaped = []
+    for pool, name in holders:
+        if name.startswith(ours) or name in expired:
+            why = (f"{name} gone with an earlier supervisor of this host"
+                   if name.startswith(ours) else f"{name}'s lease expired (its host is lost?)")
+            tasks = hand_back(redis, swarm, pool, name, why, refund=False)
+            calls, bound = lose_calls(redis, swarm, f"{name}|*")
+            reaped.append(Reaped(name, tasks, calls, bound))
+    return reaped
 
 
 def scan_seed_tasks(redis: Any, swarm: str, default_pool: str, pools: list[str]) -> int:
-    """Enqueue every unclaimed, unfinished ``task:{id}``; returns how many."""
+    """Enqueue every unclaimed, unfinished ``task:{id}`` that no other swarm owns;
+    returns how many."""
     script = redis.register_script(scripts.ENQUEUE)
     enqueued = 0
     batch: list[str] = []
@@ -85,7 +113,7 @@ def scan_seed_tasks(redis: Any, swarm: str, default_pool: str, pools: list[str])
         values = redis.mget(batch)
         count = 0
         for key, raw in zip(batch, values):
-            if raw is None:
+            if raw is None or owner(raw) not in (None, swarm):
                 continue
             task_id = key[len("task:"):]
             pool = route(raw, default_pool, tuple(pools))

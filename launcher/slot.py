@@ -1,4 +1,5 @@
-"""One worker slot: a stable id (``<pool>-<n>``) whose process comes and goes.
+"""One worker slot: a stable name (``<pool>-<n>``) on one host, whose process comes and
+goes; its worker id (``<swarm>/<host>/<pool>-<n>``) is unique on the Redis it uses.
 
 The restart policy lives here as plain logic on monotonic time, so it can be tested
 without processes: exponential backoff with jitter on every exit, reset after a stable
@@ -12,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from launcher.spec import Restart
+from workers import keys
 
 # States a slot can be in, as `swarm status` shows them. "idle" and "busy" come from
 # the worker itself once it is running.
@@ -31,6 +33,7 @@ class Slot:
     pool: str
     index: int
     policy: Restart
+    worker_id: str = ""  # the supervisor gives the whole id; alone, the slot's name
     generation: int = 0
     pid: int | None = None
     state: str = STARTING
@@ -45,9 +48,17 @@ class Slot:
     _attempt: int = 0
     _recent: deque[float] = field(default_factory=deque)
 
+    def __post_init__(self) -> None:
+        self.worker_id = self.worker_id or self.name
+
     @property
-    def worker_id(self) -> str:
-        return f"{self.pool}-{self.index}"
+    def name(self) -> str:
+        return keys.slot_name(self.pool, self.index)
+
+    @property
+    def consumer(self) -> str:
+        """The current process's consumer name (its claim value, its lease's name)."""
+        return keys.consumer(self.worker_id, self.generation)
 
     @property
     def alive(self) -> bool:

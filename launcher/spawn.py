@@ -12,7 +12,7 @@ from workers.config import WorkerConfig
 from workers.proc import die_with_parent
 
 _RESET = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT,
-          signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE)
+          signal.SIGUSR1, signal.SIGUSR2)
 
 
 def fork_worker(cfg: WorkerConfig, close_in_child: list[int]) -> tuple[int, int]:
@@ -30,6 +30,8 @@ def fork_worker(cfg: WorkerConfig, close_in_child: list[int]) -> tuple[int, int]
             signal.set_wakeup_fd(-1)
             for sig in _RESET:
                 signal.signal(sig, signal.SIG_DFL)
+            # a write to a peer that went away is an error to handle, never a death
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
             for fd in (read_fd, *close_in_child):
                 _close(fd)
             null = os.open(os.devnull, os.O_RDONLY)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any, Iterator, Mapping
 
 import yaml
 from pydantic import (
@@ -256,6 +257,12 @@ class SwarmSpec(_Model):
     rate_limits: dict[str, RateLimit] = Field(
         default_factory=dict, description="per-model limits shared by every worker"
     )
+    host: str | None = Field(
+        None, description="this host's name in the swarm; default $SWARM_HOST, else the "
+        "machine's hostname (each host of a swarm needs its own)")
+    seed_protocol: bool = Field(
+        True, description="also run tasks announced the seed's way (task:{id} and "
+        "channel:tasks), shared with any other swarm that serves them")
 
     @model_validator(mode="after")
     def _default_pool_exists(self) -> SwarmSpec:
@@ -265,10 +272,10 @@ class SwarmSpec(_Model):
             raise ValueError(f"default_pool {self.default_pool!r} is not one of the pools")
         return self
 
-    @field_validator("name")
+    @field_validator("name", "host")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not NAME.match(value):
             raise ValueError("must be letters, digits, '_', '.', '-' (at most 63)")
         return value
 
@@ -289,13 +296,29 @@ class SwarmSpec(_Model):
 
     # Filled in by load(); not part of the file.
     _source: Path | None = PrivateAttr(None)
+    _host: str = PrivateAttr("")
 
     @property
     def source(self) -> Path | None:
         return self._source
 
+    @property
+    def host_name(self) -> str:
+        """This host's name in the swarm: ``host``, else $SWARM_HOST, else the hostname."""
+        return self._host or self.host or machine_host()
+
     def pool_of(self, worker_id: str) -> str:
         return worker_id.rsplit("-", 1)[0]
+
+
+def machine_host() -> str:
+    """The machine's hostname, as a host name swarm accepts (the first label if the
+    whole name is too long; anything else replaced by '-')."""
+    name = socket.gethostname() or "localhost"
+    if len(name) > 63:
+        name = name.split(".")[0][:63]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+    return name if NAME.match(name) else "host-" + name[:58]
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -310,7 +333,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Loc = tuple[Any, ...]
 
 
-def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> SwarmSpec:
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> SwarmSpec:
     """Read, expand and validate a spec file; relative paths are taken from its folder."""
     path = Path(path)
     label = str(path)
@@ -320,13 +343,19 @@ def load(path: str | os.PathLike[str], environ: dict[str, str] | None = None) ->
         raise SpecError(f"{label}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{label}: cannot read: {exc}") from None
+    environ = os.environ if environ is None else environ
     data, lines = _read_yaml(text, label)
-    data = _expand(data, (), lines, label, os.environ if environ is None else environ)
+    data = _expand(data, (), lines, label, environ)
     try:
         spec = SwarmSpec.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, lines, label) from None
     _resolve(spec, path, lines, label)
+    if spec.host is None and environ.get("SWARM_HOST"):
+        if not NAME.match(environ["SWARM_HOST"]):
+            raise SpecError(f"SWARM_HOST: {environ['SWARM_HOST']!r} must be letters, "
+                            "digits, '_', '.', '-' (at most 63)")
+        spec._host = environ["SWARM_HOST"]
     return spec
 
 

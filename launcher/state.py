@@ -68,7 +68,7 @@ class StateDir:
     def write_pid(self, pid: int) -> None:
         """The pid and the process's start time: a pid reused by another process after
         the supervisor died is never mistaken for it."""
-        _write_private(self.pid_file, f"{pid} {_started(pid)}\n")
+        _write_private(self.pid_file, f"{pid} {process_started(pid)}\n")
 
     def read_pid(self) -> int | None:
         try:
@@ -85,7 +85,7 @@ class StateDir:
             return None
         if not pid_alive(pid):
             return None
-        return pid if started is None or _started(pid) == started else None
+        return pid if started is None or process_started(pid) == started else None
 
     def write_info(self, **info: str) -> None:
         _write_private(self.info_file, json.dumps(info))
@@ -104,6 +104,13 @@ class StateDir:
             _write_private(self.password_file, target.password)
         else:
             self.password_file.unlink(missing_ok=True)
+
+    def embedded(self) -> bool:
+        """Whether the swarm's Redis is its own private server (it stops with it)."""
+        try:
+            return bool(json.loads(self._read_trusted(self.redis_file)).get("embedded"))
+        except (OSError, ValueError):
+            return False
 
     def read_redis(self) -> RedisTarget | None:
         """Where the swarm's Redis is, or None if it is not running. ``Untrusted`` if a
@@ -147,7 +154,7 @@ def _check_private(path: Path, st: os.stat_result | None = None,
             f"{'0700' if folder else '0600'}); remove it if it is not yours")
 
 
-def _started(pid: int) -> str:
+def process_started(pid: int) -> str:
     """When the process started, in clock ticks since boot (field 22 of /proc/PID/stat)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

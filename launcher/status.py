@@ -1,7 +1,10 @@
-"""`swarm status`: what the supervisor and every worker last reported, from Redis only.
+"""`swarm status`: what every host's supervisor and every worker last reported, from
+Redis only.
 
-Two round trips whatever the size of the swarm: the swarm's own hashes, then every
-worker's report and heartbeat TTL in one pipeline.
+Three round trips whatever the size of the swarm: the swarm's own hashes, then each
+host's lease, slots and pools, then every worker's report and lease TTL. A host whose
+lease expired (its supervisor silent for 10 s: a host that lost power) is shown as lost,
+with its workers as it last saw them.
 """
 
 from __future__ import annotations
@@ -25,35 +28,57 @@ STALE_AFTER = 15.0  # a supervisor silent this long is reported as not respondin
 def collect(client: redis.Redis, name: str) -> dict[str, Any]:
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.meta(name))
-    pipe.hgetall(keys.slots(name))
-    pipe.hgetall(keys.pools(name))
+    pipe.smembers(keys.hosts(name))
     pipe.hgetall(keys.counts(name))
     pipe.get(keys.paused(name))
-    meta, slots, pools, counts, paused = pipe.execute()
-    pool_pauses = dict(zip(pools, client.mget([keys.paused(name, p) for p in pools]))) if pools else {}
-    if not meta or meta.get("state") == "stopped":
+    pipe.hkeys(keys.pools(name))
+    meta, host_names, counts, paused, pool_names = pipe.execute()
+    hosts_sorted = sorted(host_names)
+    if not meta or (meta.get("state") == "stopped" and not hosts_sorted):
         raise NotRunning(f"swarm '{name}' is not running")
-    ids = sorted(slots, key=_slot_order)
     pipe = client.pipeline(transaction=False)
-    for worker_id in ids:
-        pipe.hgetall(keys.worker(name, worker_id))
-        pipe.pttl(keys.heartbeat(worker_id))
+    for host in hosts_sorted:
+        pipe.hgetall(keys.host(name, host))
+        pipe.hgetall(keys.host_slots(name, host))
+        pipe.hgetall(keys.host_pools(name, host))
+    pipe.mget([keys.paused(name, p) for p in pool_names] or ["-"])
     replies = pipe.execute()
     now = time.time()
-    workers = []
-    for i, worker_id in enumerate(ids):
-        workers.append(_row(worker_id, json.loads(slots[worker_id]), replies[2 * i],
-                            replies[2 * i + 1]))
-    age = now - float(meta.get("tick", meta.get("started", now)))
+    hosts, slots = [], []
+    wanted: dict[str, int] = {}
+    for i, host in enumerate(hosts_sorted):
+        lease, table, targets = replies[3 * i: 3 * i + 3]
+        hosts.append(_host(host, lease, now))
+        if lease:
+            for pool, n in targets.items():
+                wanted[pool] = wanted.get(pool, 0) + int(n)
+        for worker_id, raw in table.items():
+            slots.append((host, worker_id, json.loads(raw), not lease))
+    pool_pauses = dict(zip(pool_names, replies[-1])) if pool_names else {}
+    slots.sort(key=lambda item: (item[0], _slot_order(item[2].get("slot", item[1]))))
+    pipe = client.pipeline(transaction=False)
+    for _, worker_id, slot, _ in slots:
+        pipe.hgetall(keys.worker(name, worker_id))
+        pipe.pttl(keys.lease(name, keys.consumer(worker_id, int(slot.get("generation", 0)))))
+    found = pipe.execute()
+    workers = [_row(host, worker_id, slot, found[2 * i], found[2 * i + 1], lost)
+               for i, (host, worker_id, slot, lost) in enumerate(slots)]
+    up = [h for h in hosts if not h["lost"]]
+    first = up[0] if up else (hosts[0] if hosts else {})
+    state = meta.get("state", "unknown")
+    if state != "stopped" and hosts and not up:
+        state = "lost"
     return {
         "swarm": name,
-        "state": meta.get("state", "unknown"),
-        "supervisor_pid": int(meta.get("pid", 0)),
-        "host": meta.get("host", ""),
-        "started": float(meta.get("started", 0)),
-        "supervisor_seen_ago": round(age, 3),
-        "responding": age < STALE_AFTER,
-        "pools": {pool: int(n) for pool, n in pools.items()},
+        "state": state,
+        "hosts": hosts,
+        # the first live host's, as when a swarm had one host
+        "supervisor_pid": first.get("pid", 0),
+        "host": first.get("host", ""),
+        "started": first.get("started", 0.0),
+        "supervisor_seen_ago": first.get("seen_ago", 0.0),
+        "responding": bool(up) and all(h["responding"] for h in up),
+        "pools": {pool: wanted.get(pool, 0) for pool in sorted(pool_names)},
         "paused": paused,
         "paused_pools": {p: why for p, why in pool_pauses.items() if why},
         "tasks": {state: int(counts.get(state, 0))
@@ -62,20 +87,37 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
     }
 
 
-def _slot_order(worker_id: str) -> tuple[str, int]:
-    pool, _, index = worker_id.rpartition("-")
+def _host(host: str, lease: dict[str, str], now: float) -> dict[str, Any]:
+    """A host's row: its supervisor, or ``lost`` when its lease is gone."""
+    if not lease:
+        return {"host": host, "state": "lost", "lost": True, "pid": 0, "machine": "",
+                "started": 0.0, "seen_ago": None, "responding": False}
+    age = now - float(lease.get("tick", lease.get("started", now)))
+    return {"host": host, "state": lease.get("state", "unknown"), "lost": False,
+            "pid": int(lease.get("pid", 0)), "machine": lease.get("machine", ""),
+            "started": float(lease.get("started", 0)), "seen_ago": round(age, 3),
+            "responding": age < STALE_AFTER}
+
+
+def _slot_order(slot: str) -> tuple[str, int]:
+    pool, _, index = slot.rpartition("-")
     return pool, int(index) if index.isdigit() else 0
 
 
-def _row(worker_id: str, slot: dict[str, Any], report: dict[str, str], pttl: int) -> dict[str, Any]:
+def _row(host: str, worker_id: str, slot: dict[str, Any], report: dict[str, str],
+         pttl: int, lost: bool) -> dict[str, Any]:
     expiry = float(slot.get("expiry", 0))
     beating = pttl is not None and pttl > 0
     current = report.get("pid") == str(slot.get("pid")) and slot.get("pid") is not None
     state = slot["state"]
-    if state not in _SUPERVISOR_WINS:
+    if lost:
+        state = "lost"
+    elif state not in _SUPERVISOR_WINS:
         state = report.get("state", "starting") if (beating and current) else "starting"
     return {
         "worker": worker_id,
+        "host": host,
+        "slot": slot.get("slot") or keys.split_worker(worker_id)[2],
         "pool": slot["pool"],
         "pid": slot.get("pid"),
         "generation": slot.get("generation", 0),
@@ -106,7 +148,8 @@ _RIGHT = {i for i, c in enumerate(_COLUMNS)
 
 def render(view: dict[str, Any]) -> Any:
     """The status table, laid out by ``launcher.columns`` (rich.Table spends ~130 ms
-    measuring the cells of 200 slots); rich still prints the colours."""
+    measuring the cells of 200 slots); rich still prints the colours. One block per
+    host: its supervisor, then its pools and workers."""
     from rich.console import Group
     from rich.text import Text
 
@@ -114,13 +157,13 @@ def render(view: dict[str, Any]) -> Any:
     for row in view["workers"]:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no workers"
-    health = "" if view["responding"] else (
-        f"  [bold red]supervisor not responding ({view['supervisor_seen_ago']:.0f}s)[/]"
-    )
-    head = Text.from_markup(
-        f"[bold]swarm {view['swarm']}[/] {view['state']}  supervisor pid "
-        f"{view['supervisor_pid']}  {summary}{health}"
-    )
+    health = "" if view["responding"] or view["state"] in ("lost", "stopped") else (
+        "  [bold red]supervisor not responding[/]")
+    many = len(view["hosts"]) > 1
+    where = (f"{len(view['hosts'])} hosts" if many else
+             f"supervisor pid {view['supervisor_pid']} on {view['host']}")
+    head = Text.from_markup(f"[bold]swarm {view['swarm']}[/] {view['state']}  {where}  "
+                            f"{summary}{health}")
     t = view["tasks"]
     tasks_line = Text(
         f"tasks: {t['queued']} queued, {t['running']} in flight, {t['done']} done, "
@@ -130,21 +173,40 @@ def render(view: dict[str, Any]) -> Any:
         tasks_line.append(f"  PAUSED: {view['paused']}", style="bold red")
     for pool_name, why in view.get("paused_pools", {}).items():
         tasks_line.append(f"  PAUSED {pool_name}: {why}", style="bold red")
-    cells = [[row["worker"], str(row["pid"] or "-"), row["state"],
+    cells = [[row["slot"], str(row["pid"] or "-"), row["state"],
               "-" if row["heartbeat_age"] is None else format_duration(row["heartbeat_age"]),
               row["task"] or "-", str(row["done"]), str(row["failed"]), str(row["restarts"]),
               format_size(row["rss"]) if row["rss"] else "-", f"{row['cpu']:.1f}",
               row["last_exit"] or ""] for row in view["workers"]]
     sizes = columns.widths(_COLUMNS, cells)
     lines = [Text(columns.line(_COLUMNS, sizes, _RIGHT), style="bold")]
-    pool = None
+    by_host = {h["host"]: h for h in view["hosts"]}
+    host = pool = None
     for row, cell in zip(view["workers"], cells):
+        if row["host"] != host:
+            host, pool = row["host"], None
+            if many:
+                lines.append(_host_line(by_host.get(host, {"host": host, "lost": True})))
         if row["pool"] != pool:
             pool = row["pool"]
-            lines.append(Text(f"{pool} ({view['pools'].get(pool, '?')} wanted)", style="bold"))
+            wanted = "" if many else f" ({view['pools'].get(pool, '?')} wanted)"
+            lines.append(Text(f"{pool}{wanted}", style="bold"))
         line = Text(columns.line(cell, sizes, _RIGHT))
         start = sum(sizes[:2]) + 4
         line.stylize(_STYLE.get(row["state"], ""), start, start + len(row["state"]))
         lines.append(line)
+    for h in view["hosts"]:
+        if many and h["host"] not in {r["host"] for r in view["workers"]}:
+            lines.append(_host_line(h))
     return Group(head, tasks_line, *lines)
 
+
+def _host_line(host: dict[str, Any]) -> Any:
+    from rich.text import Text
+
+    if host.get("lost"):
+        return Text(f"host {host['host']}: LOST (no supervisor for 10 s or more)",
+                    style="bold red")
+    late = "" if host.get("responding") else "  not responding"
+    return Text(f"host {host['host']}: supervisor pid {host['pid']}, {host['state']}{late}",
+                style="bold")

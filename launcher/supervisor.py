@@ -47,8 +47,8 @@ from launcher.slot import (
 )
 from launcher.spawn import fork_worker
 from launcher.spec import SwarmSpec
-from launcher.state import StateDir
-from workers import keys
+from launcher.state import StateDir, pid_alive, process_started
+from workers import keys, scripts
 from workers.config import EXIT_BOOT_FAILED, EXIT_ORPHANED, SEED_LISTENERS, WorkerConfig
 from workers.pricing import source as price_source_of
 from workers.redis_target import RedisTarget
@@ -89,8 +89,10 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.pid = os.getpid()
+        self.host = self.spec.host_name
         self.redis = self.redis_target.sync(socket_timeout=5.0, socket_connect_timeout=2.0)
-        self.events = EventLog(self.spec.name)
+        self.events = EventLog(self.spec.name, self.host)
+        self._started = time.time()
         self._signals: list[int] = []
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -110,12 +112,36 @@ class Supervisor:
         self.tick_interval = min(
             [0.5] + [p.heartbeat.expiry / 4 for p in self.spec.pools.values()]
         )
+        # after Redis was away (or came back empty), leases are not judged for this long
+        self.lease_grace = max(p.heartbeat.expiry for p in self.spec.pools.values())
         for pool_name, pool in self.spec.pools.items():
             self.targets[pool_name] = pool.workers
             for index in range(1, pool.workers + 1):
                 self._add_slot(pool_name, index)
 
     # --- the loop ------------------------------------------------------------------
+
+    def claim_host(self) -> None:
+        """Take this host's lease in the swarm, or ``HostTaken`` if a live supervisor
+        holds it (the same host name on another machine, or a second `swarm up`)."""
+        name, now = self.spec.name, time.time()
+        me = f"{host_identity()}:{process_started(self.pid)}"
+        k, a = scripts.claim_host_args(name, self.host, self.pid, me, now)
+        script = self.redis.register_script(scripts.CLAIM_HOST)
+        held = script(keys=k, args=a)
+        if held == "ok":
+            return
+        pid, boot = str(held[0]), str(held[1])
+        where, _, started = boot.rpartition(":")
+        if where == host_identity() and not (pid.isdigit() and pid_alive(int(pid)) and
+                                             process_started(int(pid)) == started):
+            k, a = scripts.claim_host_args(name, self.host, self.pid, me, now, f"{pid} {boot}")
+            if script(keys=k, args=a) == "ok":  # its supervisor died on this machine
+                return
+        raise HostTaken(
+            f"swarm '{name}' already runs on a host named '{self.host}' (supervisor pid "
+            f"{pid}); each host needs its own name (host: in the spec, or SWARM_HOST). "
+            f"If that host is gone, its lease ends within {keys.HOST_LEASE_MS // 1000} s")
 
     def run(self) -> int:
         self._install_signals()
@@ -229,8 +255,7 @@ class Supervisor:
             "exit", slot, pid=pid, reason=reason, ran=round(ran, 3), clean=clean
         )
         self._forget_beat(slot)
-        self._handbacks.append((slot.pool, keys.consumer(slot.worker_id, slot.generation),
-                                f"{slot.worker_id}#{slot.generation} {reason}", clean))
+        self._handbacks.append((slot.pool, slot.consumer, f"{slot.consumer} {reason}", clean))
         self._hand_back()
         delay = slot.exited(reason, time.monotonic())
         if delay is not None:
@@ -261,32 +286,45 @@ class Supervisor:
                                    bound_usd=f"{bound / 1e9:.6f}", level=logging.WARNING)
 
     def _recover(self) -> None:
-        pools = list(self.spec.pools)
-        recovery.prepare_queues(self.redis, self.spec.name, pools)
-        for consumer, count in recovery.recover_orphans(self.redis, self.spec.name,
-                                                        pools).items():
-            if count:
-                self.events.record("handed_back", consumer=consumer, tasks=count)
-        calls, bound = recovery.lose_calls(self.redis, self.spec.name, "*")
+        """At start: what this host's earlier run left (its deliveries, its calls in
+        flight) and what other hosts' dead workers hold; then seed tasks nobody heard."""
+        name, pools = self.spec.name, list(self.spec.pools)
+        recovery.prepare_queues(self.redis, name, pools)
+        self._reap(set())
+        calls, bound = recovery.lose_calls(self.redis, name, keys.worker_id(name, self.host, "*"))
         if calls:
             self.events.record("calls_lost", consumer="(earlier run)", calls=calls,
                                bound_usd=f"{bound / 1e9:.6f}", level=logging.WARNING)
-        found = recovery.scan_seed_tasks(self.redis, self.spec.name,
-                                         str(self.spec.default_pool), pools)
-        if found:
-            self.events.record("seed_tasks_found", tasks=found)
+        if self.spec.seed_protocol:
+            found = recovery.scan_seed_tasks(self.redis, name, str(self.spec.default_pool),
+                                             pools)
+            if found:
+                self.events.record("seed_tasks_found", tasks=found)
+
+    def _reap(self, live: set[str]) -> None:
+        """Hand back what the swarm's dead consumers hold (see ``recovery.reap``)."""
+        for dead in recovery.reap(self.redis, self.spec.name, self.host,
+                                  list(self.spec.pools), live):
+            if dead.tasks:
+                self.events.record("handed_back", consumer=dead.consumer, tasks=dead.tasks)
+            if dead.calls:
+                self.events.record("calls_lost", consumer=dead.consumer, calls=dead.calls,
+                                   bound_usd=f"{dead.bound_nano / 1e9:.6f}",
+                                   level=logging.WARNING)
 
     def _forget_beat(self, slot: Slot) -> None:
         self.beats.pop(slot.worker_id, None)
         try:
-            self.redis.delete(keys.heartbeat(slot.worker_id))
-        except Exception:  # noqa: BLE001 - Redis down: the key expires by itself
+            self.redis.delete(keys.heartbeat(slot.worker_id),
+                              keys.lease(self.spec.name, slot.consumer))
+        except Exception:  # noqa: BLE001 - Redis down: the keys expire by themselves
             pass
 
     # --- starting workers ----------------------------------------------------------
 
     def _add_slot(self, pool: str, index: int) -> Slot:
-        slot = Slot(pool, index, self.spec.pools[pool].restart)
+        slot = Slot(pool, index, self.spec.pools[pool].restart,
+                    keys.worker_id(self.spec.name, self.host, keys.slot_name(pool, index)))
         slot.generation = self._generations.get(slot.worker_id, 0)
         self.slots[slot.worker_id] = slot
         return slot
@@ -311,6 +349,8 @@ class Supervisor:
         cfg = WorkerConfig(
             swarm=self.spec.name,
             worker_id=slot.worker_id,
+            host=self.host,
+            slot=slot.name,
             pool=slot.pool,
             generation=slot.generation + 1,
             redis=self.redis_target,
@@ -325,7 +365,7 @@ class Supervisor:
             on_start=pool.on_start,
             parent_pid=self.pid,
             default_pool=str(self.spec.default_pool),
-            seed_listener=slot.index <= SEED_LISTENERS,
+            seed_listener=self.spec.seed_protocol and slot.index <= SEED_LISTENERS,
             pools=tuple(self.spec.pools),
             max_attempts=pool.max_attempts,
             max_turns=pool.max_turns,
@@ -354,7 +394,7 @@ class Supervisor:
         restart = slot.generation > 0
         slot.started(pid, now)
         self._generations[slot.worker_id] = slot.generation
-        path = self.spec.logs.dir / f"{slot.worker_id}.log"
+        path = self.spec.logs.dir / f"{slot.name}.log"
         proc = Running(slot, fd, SlotLog(path, self.spec.logs))
         try:
             proc.meter = proctree.Meter(pid)
@@ -413,10 +453,18 @@ class Supervisor:
         budgets = self._budgets()
         if budgets:
             pipe.hmget(keys.ledger(self.spec.name), [field for field, *_ in budgets])
-        pipe.mget([keys.heartbeat(s.worker_id) for s in live] or ["-"])
-        pipe.lpop(keys.control(self.spec.name), 100)
+        pipe.mget([keys.lease(self.spec.name, s.consumer) for s in live] or ["-"])
+        pipe.lpop(keys.host_control(self.spec.name, self.host), 100)
+        pipe.sismember(keys.REGISTRY, self.spec.name)
         try:
             results = pipe.execute()
+            if not results[-1]:  # Redis came back without our records
+                self._redis_forgot(now)
+                return
+            if self._handbacks:
+                self._hand_back()
+            if now - self._redis_ok_since >= self.lease_grace and self.stopping_since is None:
+                self._reap({s.consumer for s in live})
         except Exception as exc:  # noqa: BLE001 - Redis is down; keep the workers alive
             self._redis_unreachable(exc)
             return
@@ -424,30 +472,48 @@ class Supervisor:
             self._redis_ok = True
             self._redis_ok_since = now
             self.events.record("redis_back")
-        if self._handbacks:
-            self._hand_back()
         if publish:
             self._dirty = False
             self._last_publish = now
-        self._judge_heartbeats(live, results[-2], now)
-        for raw in results[-1] or []:
+        self._judge_heartbeats(live, results[-3], now)
+        for raw in results[-2] or []:
             self._control(raw)
         if budgets:
-            self._judge_budgets(budgets, results[-3])
+            self._judge_budgets(budgets, results[-4])
         self._maybe_ready()
 
+    def _redis_forgot(self, now: float) -> None:
+        """Redis restarted empty (an external server without persistence): what the
+        swarm had queued there is gone. Say so, register again (registry, meta, host,
+        groups), and give every worker a full expiry to beat again before judging it."""
+        self.events.record("redis_lost_data", level=logging.ERROR,
+                           reason="Redis came back without this swarm's records (no "
+                                  "persistence?): queued tasks and cost history are lost")
+        self._redis_ok_since = now
+        self._register()
+        recovery.prepare_queues(self.redis, self.spec.name, list(self.spec.pools))
+        self._dirty = True
+
     def _queue_publish(self, pipe: Any) -> None:
-        name = self.spec.name
+        """This host's part of the swarm: its lease (renewed), its slots and pools."""
+        name, host = self.spec.name, self.host
         table = {wid: json.dumps(self._slot_view(slot)) for wid, slot in self.slots.items()}
         if table:
-            pipe.hset(keys.slots(name), mapping=table)
-        pipe.hset(keys.meta(name), mapping={
+            pipe.hset(keys.host_slots(name, host), mapping=table)
+        pipe.hset(keys.host(name, host), mapping=self._host_record())
+        pipe.pexpire(keys.host(name, host), keys.HOST_LEASE_MS)
+        pipe.hset(keys.host_pools(name, host), mapping=self.targets)
+
+    def _host_record(self) -> dict[str, Any]:
+        return {
             "state": "stopping" if self.stopping_since else "running",
             "pid": self.pid,
-            "host": socket.gethostname(),
+            "boot": f"{host_identity()}:{process_started(self.pid)}",
+            "machine": socket.gethostname(),
+            "started": self._started,
             "tick": time.time(),
-        })
-        pipe.hset(keys.pools(name), mapping=self.targets)
+            "spec": str(self.spec.source or ""),
+        }
 
     def _budgets(self) -> list[tuple[str, float, str, str | None]]:
         """(ledger field, budget in USD, who, pool) for every budget in the spec."""
@@ -475,6 +541,7 @@ class Supervisor:
     def _slot_view(self, slot: Slot) -> dict[str, Any]:
         return {
             "pool": slot.pool,
+            "slot": slot.name,
             "pid": slot.pid,
             "generation": slot.generation,
             "state": slot.state,
@@ -613,7 +680,7 @@ class Supervisor:
         del self.slots[worker_id]
         self.beats.pop(worker_id, None)
         try:
-            self.redis.hdel(keys.slots(self.spec.name), worker_id)
+            self.redis.hdel(keys.host_slots(self.spec.name, self.host), worker_id)
             self.redis.delete(keys.worker(self.spec.name, worker_id))
         except Exception:  # noqa: BLE001
             pass
@@ -650,8 +717,8 @@ class Supervisor:
             pipe = self.redis.pipeline(transaction=False)
             self.events.flush_into(pipe)
             name = self.spec.name
-            pipe.hset(keys.meta(name), mapping={"state": "stopped", "stopped": time.time()})
-            pipe.delete(keys.slots(name))
+            k, a = scripts.leave_args(name, self.host, time.time())
+            pipe.eval(scripts.LEAVE, len(k), *k, *a)
             for slot in self.slots.values():
                 pipe.delete(keys.worker(name, slot.worker_id))
             pipe.execute()
@@ -668,10 +735,15 @@ class Supervisor:
     # --- Redis ---------------------------------------------------------------------
 
     def _register(self) -> None:
-        name = self.spec.name
+        """Make this host part of the swarm (again, after Redis forgot it)."""
+        name, host = self.spec.name, self.host
         pipe = self.redis.pipeline(transaction=False)
         pipe.sadd(keys.REGISTRY, name)
-        pipe.delete(keys.slots(name), keys.pools(name))
+        pipe.sadd(keys.hosts(name), host)
+        pipe.hset(keys.host(name, host), mapping=self._host_record())
+        pipe.pexpire(keys.host(name, host), keys.HOST_LEASE_MS)
+        pipe.delete(keys.host_slots(name, host), keys.host_pools(name, host))
+        pipe.hset(keys.pools(name), mapping={p: pool.workers for p, pool in self.spec.pools.items()})
         # a pause for a budget is re-judged against this spec's budgets; a spend-limit
         # pause stays until `swarm resume`
         for pool in [None, *self.spec.pools]:
@@ -679,11 +751,7 @@ class Supervisor:
                       "'budget reached:' then redis.call('DEL', KEYS[1]) end return 0", 1,
                       keys.paused(name, pool))
         pipe.hset(keys.meta(name), mapping={
-            "state": "starting",
-            "pid": self.pid,
-            "host": socket.gethostname(),
-            "started": time.time(),
-            "spec": str(self.spec.source or ""),
+            "state": "running",
             "default_pool": str(self.spec.default_pool),
             "reference_model": self.reference_model or "",
             "price_source": price_source(sorted(self.spec.prices)),
@@ -725,6 +793,23 @@ class Supervisor:
                 f"{s.worker_id}: {s.last_exit}" for s in fatal[:3]
             )
         self.on_ready(problem)
+
+
+class HostTaken(Exception):
+    """Another live supervisor runs this swarm under the same host name."""
+
+
+def host_identity() -> str:
+    """This machine's boot and pid namespace: where a pid means the same process."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+    except OSError:
+        boot = socket.gethostname()
+    try:
+        space = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        space = "?"
+    return f"{boot}:{space}"
 
 
 def price_source(overridden: list[str]) -> str:

@@ -47,6 +47,31 @@ def check_shell_sandbox(spec: SwarmSpec) -> None:
                     "false to run them unsandboxed, as the worker's user (see README)")
 
 
+def persistence_warning(spec: SwarmSpec) -> str | None:
+    """One line if the external Redis would lose queued work on a restart (and what to
+    set), else None. The embedded Redis keeps an append-only file; it is not asked."""
+    url = os.environ.get("SWARM_REDIS_URL") or (None if spec.redis == "embedded" else spec.redis)
+    if url is None:
+        return None
+    try:
+        target = RedisTarget.parse(url)
+        client = target.sync(socket_timeout=5.0, socket_connect_timeout=5.0)
+        if str(client.info("persistence").get("aof_enabled", "0")) == "1":
+            return None
+        try:
+            points = str(client.config_get("save").get("save", "")).strip()
+        except redis.RedisError:  # CONFIG turned off (a managed server): say what we know
+            points = "?"
+    except (redis.RedisError, ValueError, OSError):
+        return None  # unreachable: `swarm up` says so itself
+    what = ("only snapshots (save " + points + "): a restart loses what changed since the "
+            "last one" if points not in ("", "?") else
+            "appendonly is off" + (" and it has no save points" if points == "" else "") +
+            ": a restart loses every queued task and the cost history")
+    return (f"Redis at {target} keeps {what}; set 'appendonly yes' in its configuration "
+            "(or CONFIG SET appendonly yes)")
+
+
 def check_not_running(state: StateDir) -> None:
     pid = state.live_pid()
     if pid is not None:
@@ -54,7 +79,7 @@ def check_not_running(state: StateDir) -> None:
 
 
 def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = True) -> int:
-    from launcher.supervisor import Supervisor
+    from launcher.supervisor import HostTaken, Supervisor
 
     state = state_of(spec)
     check_not_running(state)
@@ -77,10 +102,19 @@ def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = T
             "(set it, then `swarm down` and `swarm up`)")
     state.write_redis(target, embedded is not None)
     state.write_pid(os.getpid())
-    state.write_info(spec=str(spec.source), logs=str(spec.logs.dir), name=spec.name)
+    state.write_info(spec=str(spec.source), logs=str(spec.logs.dir), name=spec.name,
+                     host=spec.host_name)
     _preload(spec)
     sup = Supervisor(spec, state, target, embedded=embedded, on_ready=notify,
                      on_tick=view.update if view else None)
+    try:
+        sup.claim_host()
+    except HostTaken as exc:
+        notify(str(exc))
+        if embedded:
+            embedded.stop()
+        state.clear_runtime()
+        raise UpError(str(exc)) from None
     try:
         if view:
             with view.live:

@@ -87,7 +87,8 @@ class Swarm:
         return collect(self.redis(), self.name)
 
     def workers(self) -> dict[str, dict[str, Any]]:
-        return {row["worker"]: row for row in self.status()["workers"]}
+        """Status rows by slot name (``a-1``): one host's workers."""
+        return {row["slot"]: row for row in self.status()["workers"]}
 
     def all_beating(self) -> bool:
         try:

@@ -24,7 +24,7 @@ def test_up_detached_status_logs_down(make_swarm):
     view = json.loads(swarm.cli("status", "--json").stdout)
     assert view["state"] == "running" and view["responding"]
     assert view["pools"] == {"a": 2, "b": 1}
-    rows = {r["worker"]: r for r in view["workers"]}
+    rows = {r["slot"]: r for r in view["workers"]}
     assert sorted(rows) == ["a-1", "a-2", "b-1"]
     for row in rows.values():
         assert row["state"] == "idle"
@@ -116,7 +116,8 @@ def test_up_against_an_existing_redis_url(tmp_path: Path, make_swarm):
             del os.environ["EXT_REDIS_PASSWORD"]
         client = target.sync()
         assert client.sismember(keys.REGISTRY, "ext")
-        assert client.exists("worker:status:a-1") and client.exists("worker:status:a-2")
+        ids = [row["worker"] for row in swarm.workers().values()]
+        assert len(ids) == 2 and all(client.exists(f"worker:status:{i}") for i in ids)
         recorded = json.loads(swarm.state.redis_file.read_text())
         assert recorded == {"url": f"unix://{path}", "embedded": False}
         assert target.password not in swarm.state.redis_file.read_text()

@@ -250,7 +250,12 @@ def test_swarm_cost_reports_in_every_format(make_swarm, fake_api):
     # = $0.006
     report = json.loads(swarm.cli("cost", "--json").stdout)
     rows = {(r["kind"], r["key"]): r for r in report["rows"]}
-    assert rows[("worker", "a-1")]["cost_usd"] == 0.006 and rows[("worker", "a-1")]["calls"] == 2
+    host = swarm.workers()["a-1"]["host"]
+    a1 = ("worker", f"t/{host}/a-1")
+    assert rows[a1]["cost_usd"] == 0.006 and rows[a1]["calls"] == 2
+    hosts = json.loads(swarm.cli("cost", "--by", "host", "--json").stdout)["rows"]
+    assert [(r["kind"], r["key"], r["cost_usd"]) for r in hosts if r["kind"] == "host"] == \
+        [("host", host, 0.012)]
     assert rows[("model", "test-model")]["cost_usd"] == 0.006
     assert rows[("total", "total")]["cost_usd"] == 0.012
     assert rows[("total", "total")]["cache_read"] == 30_000
@@ -266,7 +271,10 @@ def test_swarm_cost_reports_in_every_format(make_swarm, fake_api):
     # into a pipe (80 columns by default) the table is not wrapped: a row per line
     lines = table.stdout.splitlines()
     assert lines[0].split()[0] == "WORKER" and lines[0].endswith("LOST IN FLIGHT")
-    assert len(lines[0]) > 80 and [line.split()[0] for line in lines[1:3]] == ["a-1", "b-1"]
+    assert len(lines[0]) > 80 and [line.split()[0] for line in lines[1:3]] == \
+        [f"{host}/a-1", f"{host}/b-1"]
+    by_host = swarm.cli("cost", "--by", "host").stdout.splitlines()
+    assert by_host[0].split()[0] == "HOST" and by_host[1].split()[:2] == [host, "3"]
     csv_text = swarm.cli("cost", "--by", "pool", "--csv").stdout.splitlines()
     assert csv_text[0].startswith("kind,key,calls,input,output")
     assert any(line.startswith("pool,a,2,2000,400") for line in csv_text)

@@ -72,7 +72,7 @@ def crash_loop(slot: Slot, now: float, runs: list[float]) -> tuple[list[float | 
 
 def test_a_new_slot_is_due_at_once() -> None:
     slot = Slot("haiku", 3, policy())
-    assert slot.worker_id == "haiku-3"
+    assert slot.worker_id == slot.name == "haiku-3"
     assert slot.state == STARTING
     assert slot.generation == 0
     assert not slot.alive

@@ -30,9 +30,9 @@ def test_sigkilled_worker_is_replaced_with_same_id_and_next_generation(make_swar
     assert after["restarts"] == 1
     assert "SIGKILL" in after["last_exit"]
     assert swarm.workers()["a-2"]["pid"] == bystander["pid"], "the other worker was touched"
-    exits = [e for e in swarm.events("exit") if e["worker"] == "a-1"]
+    exits = [e for e in swarm.events("exit") if e["slot"] == "a-1"]
     assert exits and "killed by SIGKILL" in exits[0]["reason"]
-    assert [e for e in swarm.events("restart") if e["worker"] == "a-1"]
+    assert [e for e in swarm.events("restart") if e["slot"] == "a-1"]
     assert not pid_alive(victim["pid"])
 
 
@@ -51,7 +51,7 @@ def test_stopped_worker_is_found_hung_killed_and_replaced(make_swarm):
     took = time.monotonic() - stopped_at
     assert took >= 1.0, f"replaced after {took:.2f}s: before its heartbeat could expire"
     assert after["last_exit"].startswith("hung: no heartbeat for 1.5s")
-    hang = [e for e in swarm.events("hang") if e["worker"] == "a-1"]
+    hang = [e for e in swarm.events("hang") if e["slot"] == "a-1"]
     assert len(hang) == 1 and hang[0]["pid"] == str(victim["pid"])
     assert not pid_alive(victim["pid"])
     # SIGABRT + SIGCONT let the hung worker dump its stack into its own log first
@@ -73,7 +73,7 @@ def test_slot_that_always_crashes_ends_fatal_while_the_rest_keep_running(make_sw
     assert "exit code 3 (failed to boot)" in rows["bad-1"]["last_exit"]
     assert rows["good-1"]["state"] == "idle" and rows["good-1"]["restarts"] == 0
     fatal = swarm.events("fatal")
-    assert [e["worker"] for e in fatal] == ["bad-1"]
+    assert [e["slot"] for e in fatal] == ["bad-1"]
     log = (swarm.folder / "logs" / "bad-1.log").read_text()
     assert "RuntimeError: this worker always fails to boot" in log
     time.sleep(1.0)  # a FATAL slot stays down; the supervisor is still serving the rest
@@ -91,7 +91,7 @@ def test_worker_over_its_memory_limit_is_restarted_alone(make_swarm):
     swarm = make_swarm(spec).start(ready=False)
     lean_pid = wait_for(lambda: swarm.workers()["lean-1"]["pid"], 10, "lean-1")
     kills = wait_for(lambda: swarm.events("memory_kill"), 15, "a memory kill")
-    assert kills[0]["worker"] == "fat-1"
+    assert kills[0]["slot"] == "fat-1"
     assert "over limit 157286400" in kills[0]["reason"]
     wait_for(lambda: swarm.workers()["fat-1"]["restarts"] >= 1, 10, "fat-1 to restart")
     assert swarm.workers()["lean-1"]["pid"] == lean_pid
@@ -176,10 +176,13 @@ def test_embedded_redis_requires_password_and_has_no_tcp_port(make_swarm):
     redis_pid = int(client.info("server")["process_id"])
     assert not [c for c in psutil.Process(redis_pid).net_connections("inet")
                 if c.status == psutil.CONN_LISTEN]
-    # the heartbeat is the seed's: an ISO timestamp under worker:status:{id}, with a TTL
-    value = client.get(keys.heartbeat("a-1"))
+    # the heartbeat is the seed's: an ISO timestamp under worker:status:{id}, with a TTL,
+    # and the id is unique on the Redis: swarm, host and slot
+    row = swarm.workers()["a-1"]
+    assert row["worker"] == f"t/{row['host']}/a-1"
+    value = client.get(keys.heartbeat(row["worker"]))
     assert value and value[:2] == "20" and "T" in value
-    assert 0 < client.pttl(keys.heartbeat("a-1")) <= 1500
+    assert 0 < client.pttl(keys.heartbeat(row["worker"])) <= 1500
 
 
 def test_supervisor_checks_all_heartbeats_in_one_round_trip(make_swarm):

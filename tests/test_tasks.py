@@ -54,7 +54,8 @@ def test_submit_wait_end_to_end(make_swarm, fake_api):
     finding = json.loads(client.get(keys.finding(finding_id)))
     assert SEED_FIELDS <= set(finding)
     assert finding["finding_id"] == finding_id
-    assert finding["worker_id"] == "haiku-1"
+    assert finding["worker_id"] == swarm.workers()["haiku-1"]["worker"] == \
+        f"t/{swarm.workers()['haiku-1']['host']}/haiku-1"
     assert finding["task"] == "say hello to the swarm"
     assert finding["status"] == "done" and finding["error"] is None
     assert finding["model"] == "test-model"
@@ -121,7 +122,8 @@ def test_seed_example_3_runs_unchanged(make_swarm, fake_api):
     finding_id = wait_for(lambda: r.get(f"task:{task_id}:result"), 15, "task_001's result")
     finding = json.loads(r.get(f"finding:{finding_id}"))
     assert finding["task"] == "Update agents.md" and finding["status"] == "done"
-    assert r.get(f"task:{task_id}:claimed").startswith("haiku-")
+    assert r.get(f"task:{task_id}:claimed").startswith("t/") and \
+        "/haiku-" in r.get(f"task:{task_id}:claimed")
     assert wait_for(lambda: completions.get_message(timeout=0.2), 5,
                     "channel:completions")["data"] == task_id
     assert wait_for(lambda: findings.get_message(timeout=0.2), 5,
@@ -207,7 +209,7 @@ def test_two_workers_per_pool_hear_announcements_and_submit_costs_them_little(
     r.set("task:seed_b", json.dumps({"description": "for b", "pool": "b"}))
     r.publish("channel:tasks", "seed_b")
     wait_for(lambda: r.get("task:seed_b:result"), 15, "the announced task's result")
-    assert r.get("task:seed_b:claimed").startswith("b-")
+    assert "/b-1#" in r.get("task:seed_b:claimed")
 
 
 def test_tasks_announced_while_no_swarm_listened_are_picked_up(tmp_path, make_swarm, fake_api):
@@ -318,7 +320,8 @@ def test_task_whose_worker_keeps_dying_is_dead_lettered_after_max_attempts(make_
     finding_id = wait_for(lambda: swarm.redis().get(keys.task_result(task_id)), 15, "result")
     finding = json.loads(swarm.redis().get(keys.finding(finding_id)))
     assert finding["status"] == "failed"
-    assert finding["error"].startswith("gave up after 2 attempts; last: haiku-1#2 killed by SIGKILL")
+    assert finding["error"].startswith("gave up after 2 attempts; last: t/")
+    assert "/haiku-1#2 killed by SIGKILL" in finding["error"]
     dead = [json.loads(x) for x in swarm.redis().lrange(keys.dead("t"), 0, -1)]
     assert [d["task"] for d in dead] == [task_id]
     record = json.loads(swarm.cli("show", task_id, "--json").stdout)

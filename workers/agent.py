@@ -81,9 +81,15 @@ class Agent:
             if call is not None:
                 await self.ledger.withdraw(call)  # type: ignore[union-attr]
             raise
-        except (anthropic.APIConnectionError, asyncio.CancelledError):
+        except (anthropic.APIError, asyncio.CancelledError):
+            # cut off, timed out, or an answer we could not read: it may have been billed
             if call is not None:
                 await asyncio.shield(self.ledger.lose(call))  # type: ignore[union-attr]
+            raise
+        except Exception:
+            # failed before it was sent (e.g. text that cannot be encoded): not a call
+            if call is not None:
+                await self.ledger.withdraw(call)  # type: ignore[union-attr]
             raise
         used = Usage.of(response.usage)
         outcome.usage.add(used)

@@ -21,10 +21,12 @@ SEED_LISTENERS = 2
 @dataclass(frozen=True)
 class WorkerConfig:
     swarm: str
-    worker_id: str
+    worker_id: str  # <swarm>/<host>/<slot>: unique on the Redis
     pool: str
     generation: int
     redis: RedisTarget
+    host: str = ""
+    slot: str = ""  # <pool>-<n>: the worker's name on its host (its log file's)
     model: str = ""
     concurrency: int = 1
     heartbeat_interval: float = 5.0

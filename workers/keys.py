@@ -21,7 +21,8 @@ CONTEXT_ACTIVE = "context:active"
 
 
 def heartbeat(worker_id: str) -> str:
-    """The seed's heartbeat: an ISO-8601 timestamp that expires on its own."""
+    """The seed's heartbeat: an ISO-8601 timestamp that expires on its own. Written for
+    coordinators that read it; swarm judges liveness by :func:`lease`."""
     return f"worker:status:{worker_id}"
 
 
@@ -45,6 +46,35 @@ def seed_cost(family: str) -> str:
     return f"cost:{family}"
 
 
+# --- who is who ----------------------------------------------------------------------
+#
+# A swarm runs on hosts; a host runs slots (``<pool>-<n>``); a slot runs one worker
+# process at a time (its generation). A worker's id, ``<swarm>/<host>/<slot>``, is
+# unique on a Redis however many swarms and hosts share it (none of the three parts can
+# hold a '/'); a process's consumer name adds its generation.
+
+
+def slot_name(pool: str, index: int) -> str:
+    return f"{pool}-{index}"
+
+
+def worker_id(swarm: str, host: str, slot: str) -> str:
+    return f"{swarm}/{host}/{slot}"
+
+
+def split_worker(worker: str) -> tuple[str, str, str]:
+    """(swarm, host, slot) of a worker id; a consumer name's '#generation' is dropped."""
+    swarm, host, slot = worker.split("#", 1)[0].split("/", 2)
+    return swarm, host, slot
+
+
+def consumer(worker: str, generation: int) -> str:
+    """A worker process's consumer name, its claim value and the name its lease and its
+    calls in flight are kept under: one per generation, so a dead process's pending
+    entries are exactly the ones it was given."""
+    return f"{worker}#{generation}"
+
+
 # --- swarm's own -------------------------------------------------------------------
 
 REGISTRY = "swarm:registry"  # set of swarm names known to this server
@@ -55,18 +85,47 @@ def _ns(swarm: str) -> str:
 
 
 def meta(swarm: str) -> str:
-    """Hash: the supervisor's pid, host, state, start time, spec path."""
+    """Hash: what the swarm's hosts share: state (running while any host is up),
+    default pool, reference model, price source, Redis kind."""
     return f"{_ns(swarm)}:meta"
 
 
 def pools(swarm: str) -> str:
-    """Hash: pool name -> target worker count."""
+    """Hash: pool name -> the spec's worker count per host."""
     return f"{_ns(swarm)}:pools"
 
 
-def slots(swarm: str) -> str:
-    """Hash: worker id -> JSON of what the supervisor knows (pid, state, rss, ...)."""
-    return f"{_ns(swarm)}:slots"
+def hosts(swarm: str) -> str:
+    """Set: the hosts that have run this swarm and not left cleanly."""
+    return f"{_ns(swarm)}:hosts"
+
+
+def host(swarm: str, host_name: str) -> str:
+    """Hash with an expiry, the host's lease: its supervisor's pid, boot id, state,
+    start time and last tick, refreshed every 2 s. Gone: the host is lost."""
+    return f"{_ns(swarm)}:host:{host_name}"
+
+
+def host_slots(swarm: str, host_name: str) -> str:
+    """Hash: worker id -> JSON of what the host's supervisor knows (pid, state, rss...)."""
+    return f"{_ns(swarm)}:host:{host_name}:slots"
+
+
+def host_pools(swarm: str, host_name: str) -> str:
+    """Hash: pool name -> the workers wanted on this host (changed by `swarm scale`)."""
+    return f"{_ns(swarm)}:host:{host_name}:pools"
+
+
+def host_control(swarm: str, host_name: str) -> str:
+    """List: commands for the host's supervisor (scale, down), RPUSHed as JSON."""
+    return f"{_ns(swarm)}:host:{host_name}:control"
+
+
+def lease(swarm: str, consumer_name: str) -> str:
+    """String with an expiry (the heartbeat expiry), refreshed with each beat: while it
+    exists the worker process ``consumer_name`` is alive and its deliveries are its own.
+    Gone, any live supervisor of the swarm hands them back."""
+    return f"{_ns(swarm)}:lease:{consumer_name}"
 
 
 def worker(swarm: str, worker_id: str) -> str:
@@ -79,11 +138,6 @@ def events(swarm: str) -> str:
     return f"{_ns(swarm)}:events"
 
 
-def control(swarm: str) -> str:
-    """List: commands for the supervisor (scale, down), RPUSHed as JSON."""
-    return f"{_ns(swarm)}:control"
-
-
 def queue(swarm: str, pool: str) -> str:
     """Stream: one entry per delivery of a task to ``pool`` (field ``task``). Read with
     the consumer group GROUP; an entry stays pending until its worker acknowledges it."""
@@ -91,12 +145,6 @@ def queue(swarm: str, pool: str) -> str:
 
 
 GROUP = "workers"
-
-
-def consumer(worker_id: str, generation: int) -> str:
-    """A worker process's consumer name: one per generation, so a dead process's pending
-    entries are exactly the ones it was given."""
-    return f"{worker_id}#{generation}"
 
 
 def task_meta(swarm: str, task_id: str) -> str:
@@ -129,7 +177,7 @@ def paused(swarm: str, pool: str | None = None) -> str:
 
 def ledger(swarm: str) -> str:
     """Hash: every cost counter, pre-aggregated. Fields are ``{dim}|{key}|{metric}`` with
-    dim total (key ``*``), worker, pool or model, and metric calls, input, output,
+    dim total (key ``*``), worker, host, pool or model, and metric calls, input, output,
     cache_write, cache_read, nano (cost, 1e-9 USD), ref_nano (the same tokens on the
     reference model), unpriced_calls, lost_calls, lost_bound_nano."""
     return f"{_ns(swarm)}:ledger"
@@ -161,6 +209,7 @@ def cooldown(swarm: str, model: str) -> str:
     return f"{_ns(swarm)}:rate:{model}:cooldown"
 
 
+HOST_LEASE_MS = 10_000  # a host whose supervisor is silent this long is lost
 LEDGER_MINUTE_TTL = 8 * 24 * 3600
 EVENTS_MAXLEN = 10_000
 DEAD_MAXLEN = 10_000

@@ -34,6 +34,7 @@ class Ledger:
         self.redis = redis
         self.swarm = swarm
         self.worker_id = worker_id
+        self.host = keys.split_worker(worker_id)[1] if worker_id.count("/") == 2 else "?"
         self.consumer = consumer
         self.pool = pool
         self.model = model
@@ -60,8 +61,9 @@ class Ledger:
         tokens = request_chars // 4 + max_tokens  # charged now, corrected on settle
         if self.tpm:  # ACQUIRE charges at most the bucket's size (a minute's worth / 60)
             tokens = min(tokens, max(1, self.tpm / 60))
-        entry = json.dumps({"worker": self.worker_id, "pool": self.pool, "model": self.model,
-                            "task": task_id, "bound": bound, "ts": round(time.time(), 3)})
+        entry = json.dumps({"worker": self.worker_id, "host": self.host, "pool": self.pool,
+                            "model": self.model, "task": task_id, "bound": bound,
+                            "ts": round(time.time(), 3)})
         while True:
             wait_ms = await until_redis(lambda: self._acquire(
                 keys=[self._rate, self._cooldown, self._inflight],
@@ -86,7 +88,7 @@ class Ledger:
                        keys.task_meta(self.swarm, call.task_id), keys.task_costs(self.swarm)]
         record_args = [call.field, self.worker_id, self.pool, self.model, call.task_id,
                        usage.input, usage.output, usage.cache_creation, usage.cache_read,
-                       -1 if nano is None else nano, -1 if ref is None else ref, "",
+                       -1 if nano is None else nano, -1 if ref is None else ref, self.host,
                        keys.LEDGER_MINUTE_TTL]
         await until_redis(lambda: self._record_once(call, record_keys, record_args, nano,
                                                     call.tokens - usage.total),

@@ -40,16 +40,29 @@ def parse(raw: str | bytes | None) -> Task:
     description = data.get("description")
     if not isinstance(description, str) or not description.strip():
         raise PayloadError("payload has no 'description' (a non-empty string)")
+    _check_text(description, "description")
     files = data.get("files", [])
     if files is None:
         files = []
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise PayloadError("payload 'files' must be a list of strings")
+    for name in files:
+        _check_text(name, "files")
     pool = data.get("pool")
     if pool is not None and not isinstance(pool, str):
         raise PayloadError("payload 'pool' must be a string")
     extra = {k: v for k, v in data.items() if k not in ("description", "files", "pool")}
     return Task(description, list(files), pool, extra)
+
+
+def _check_text(text: str, what: str) -> None:
+    """JSON can carry lone surrogates (``\\udcff``), which are not text: no API call
+    could send them, so the task is refused at once rather than failed at every try."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PayloadError(f"payload '{what}' holds a lone surrogate "
+                           f"(U+{ord(text[exc.start]):04X}), which is not Unicode text") from None
 
 
 def dump(task: Task) -> str:
@@ -58,6 +71,16 @@ def dump(task: Task) -> str:
         data["pool"] = task.pool
     data.update(task.extra)
     return json.dumps(data)
+
+
+def owner(raw: str | None) -> str | None:
+    """The swarm a payload was submitted to (its ``swarm`` field), or None for a task
+    any swarm that serves the seed protocol may run."""
+    try:
+        swarm = json.loads(raw or "").get("swarm")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return swarm if isinstance(swarm, str) else None
 
 
 def route(raw: str, default_pool: str, pools: tuple[str, ...]) -> str:

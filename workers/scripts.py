@@ -25,10 +25,12 @@ redis.call('HINCRBY', KEYS[4], 'queued', 1)
 return 1
 """
 
-# KEYS: meta, seed claim, seed result, counts
-# ARGV: worker (claim value), claim ttl seconds, now, max attempts
+# KEYS: meta, seed claim, seed result, counts, tasks
+# ARGV: worker (claim value), claim ttl seconds, now, max attempts, task id
 # Returns 'run', 'done' (nothing to do), 'exhausted' (attempts used up: dead-letter it),
-# or 'taken:<owner>' (a seed-style worker has it).
+# or 'taken:<owner>' (another worker has it: a seed-style one, or another swarm's). A
+# task submitted to this swarm is then marked 'elsewhere'; one it only heard of the
+# seed's way is forgotten (the winner keeps the only record).
 START = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 'done' end
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -44,7 +46,13 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
   if owner ~= ARGV[1] then
     if state == 'queued' then
       redis.call('HINCRBY', KEYS[4], 'queued', -1)
-      redis.call('HSET', KEYS[1], 'state', 'elsewhere', 'worker', owner or '')
+      if redis.call('HGET', KEYS[1], 'source') == 'submit' then
+        redis.call('HINCRBY', KEYS[4], 'elsewhere', 1)
+        redis.call('HSET', KEYS[1], 'state', 'elsewhere', 'worker', owner or '')
+      else
+        redis.call('DEL', KEYS[1])
+        redis.call('ZREM', KEYS[5], ARGV[5])
+      end
     end
     return 'taken:' .. (owner or '')
   end
@@ -85,13 +93,15 @@ redis.call('PUBLISH', 'channel:completions', ARGV[7])
 return 1
 """
 
-# Hand a dead worker's delivery back to the queue (at-least-once).
+# Hand a dead worker's delivery back to the queue (at-least-once). Whoever calls it
+# first for a delivery hands it back; a second caller (another supervisor that saw the
+# same dead worker) finds it acknowledged already and does nothing.
 # KEYS: meta, seed result, seed claim, counts, queue
 # ARGV: entry id, group, task id, claim value of the dead worker, refund (1: do not count
 #       this attempt, the worker was stopped cleanly), why it came back
-# Returns 'requeued', 'done' (already recorded), or 'exhausted:<attempts>'.
+# Returns 'requeued', 'done' (already recorded) or 'gone' (handed back by someone else).
 HAND_BACK = """
-redis.call('XACK', KEYS[5], ARGV[2], ARGV[1])
+if redis.call('XACK', KEYS[5], ARGV[2], ARGV[1]) == 0 then return 'gone' end
 redis.call('XDEL', KEYS[5], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'done' end
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -110,6 +120,16 @@ return 'requeued'
 """
 
 
+# Forget a consumer that has nothing pending. (XGROUP DELCONSUMER drops the consumer's
+# pending entries with it: never for one that still has some.)
+# KEYS: queue; ARGV: group, consumer. Returns 1 if it was deleted.
+FORGET_CONSUMER = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then return 0 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) and 1 or 0
+"""
+
+
 def enqueue_args(swarm: str, pool: str, task_id: str, source: str,
                  now: float) -> tuple[list[str], list[str]]:
     return (
@@ -123,8 +143,8 @@ def start_args(swarm: str, task_id: str, claimant: str, ttl: int, now: float,
                max_attempts: int) -> tuple[list[str], list[str]]:
     return (
         [keys.task_meta(swarm, task_id), keys.task_claimed(task_id),
-         keys.task_result(task_id), keys.counts(swarm)],
-        [claimant, str(ttl), f"{now:.6f}", str(max_attempts)],
+         keys.task_result(task_id), keys.counts(swarm), keys.tasks(swarm)],
+        [claimant, str(ttl), f"{now:.6f}", str(max_attempts), task_id],
     )
 
 
@@ -154,10 +174,11 @@ def hand_back_args(swarm: str, pool: str, task_id: str, entry_id: str, claimant:
 # MULTI: INCRBYFLOAT called from Lua corrupts the heap of Redis 6.2, the embedded one.)
 # KEYS: inflight, ledger, minute bucket, task meta, task costs
 # ARGV: in-flight field, worker, pool, model, task, input, output, cache_write,
-#       cache_read, nano (-1: unknown model), ref_nano (-1: unknown), unused, bucket ttl
+#       cache_read, nano (-1: unknown model), ref_nano (-1: unknown), host, bucket ttl
 RECORD = """
 redis.call('HDEL', KEYS[1], ARGV[1])
-local dims = {'total|*', 'worker|' .. ARGV[2], 'pool|' .. ARGV[3], 'model|' .. ARGV[4]}
+local dims = {'total|*', 'worker|' .. ARGV[2], 'pool|' .. ARGV[3], 'model|' .. ARGV[4],
+              'host|' .. ARGV[12]}
 local names = {'input', 'output', 'cache_write', 'cache_read'}
 local nano, ref = tonumber(ARGV[10]), tonumber(ARGV[11])
 for _, hash in ipairs({KEYS[2], KEYS[3]}) do
@@ -197,7 +218,7 @@ repeat
   for i = 1, #items, 2 do
     local call = cjson.decode(items[i + 1])
     local dims = {'total|*', 'worker|' .. call.worker, 'pool|' .. call.pool,
-                  'model|' .. call.model}
+                  'model|' .. call.model, 'host|' .. (call.host or '?')}
     for _, hash in ipairs({KEYS[2], KEYS[3]}) do
       for _, d in ipairs(dims) do
         redis.call('HINCRBY', hash, d .. '|lost_calls', 1)
@@ -262,3 +283,47 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
 end
 return 0
 """
+
+
+# A supervisor takes its host's lease, unless a live one holds it. ``replace`` names the
+# holder (``pid boot``) a caller has seen to be dead on this very machine.
+# KEYS: host lease; ARGV: pid, boot, now, lease ms, replace ('' for none)
+# Returns 'ok', or {pid, boot} of the live holder.
+CLAIM_HOST = """
+local held = redis.call('HMGET', KEYS[1], 'pid', 'boot')
+if held[1] and ARGV[5] ~= held[1] .. ' ' .. (held[2] or '') then
+  return {held[1], held[2] or ''}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'pid', ARGV[1], 'boot', ARGV[2], 'state', 'starting',
+           'started', ARGV[3], 'tick', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 'ok'
+"""
+
+# A host leaves its swarm cleanly: its lease, slots and pools go; the last host to
+# leave marks the swarm stopped. (The other hosts' leases are looked up by name.)
+# KEYS: hosts, host lease, host slots, host pools, meta
+# ARGV: host, prefix of every host's lease key, now
+# Returns 1 if the swarm is now stopped, 0 if another host still runs it.
+LEAVE = """
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+for _, other in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[2] .. other) == 1 then return 0 end
+end
+redis.call('HSET', KEYS[5], 'state', 'stopped', 'stopped', ARGV[3])
+return 1
+"""
+
+
+def claim_host_args(swarm: str, host: str, pid: int, boot: str, now: float,
+                    replace: str = "") -> tuple[list[str], list[str]]:
+    return ([keys.host(swarm, host)],
+            [str(pid), boot, f"{now:.3f}", str(keys.HOST_LEASE_MS), replace])
+
+
+def leave_args(swarm: str, host: str, now: float) -> tuple[list[str], list[str]]:
+    return ([keys.hosts(swarm), keys.host(swarm, host), keys.host_slots(swarm, host),
+             keys.host_pools(swarm, host), keys.meta(swarm)],
+            [host, keys.host(swarm, ""), f"{now:.3f}"])

@@ -118,10 +118,22 @@ class TaskRunner:
             await self._run_entry(entry_id, task_id)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - one task's bug never takes the worker down
-            log.exception("task %s: internal error (left pending for hand-back)", task_id)
+        except Exception as exc:  # noqa: BLE001 - one task's bug never takes the worker down
+            log.exception("task %s: internal error; handed back as a failed attempt", task_id)
+            await self._give_back(entry_id, task_id, f"internal error: {exc!r}"[:500])
         finally:
             self.running.pop(task_id, None)
+
+    async def _give_back(self, entry_id: str, task_id: str, reason: str) -> None:
+        """A try that failed outside the agent's own handling counts as an attempt: the
+        task goes back to the queue, and after ``max_attempts`` it is dead-lettered with
+        this reason (never retried for ever)."""
+        k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
+                                      self.consumer, False, reason)
+        try:
+            await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
+        except Exception:  # noqa: BLE001 - left pending: recheck_pending runs it again
+            log.exception("task %s: could not be given back", task_id)
 
     async def _run_entry(self, entry_id: str, task_id: str) -> None:
         now = time.time()
@@ -327,6 +339,8 @@ class TaskRunner:
         for task_id, known, raw in zip(ids, found[::2], found[1::2]):
             if known or raw is None:  # e.g. our own `swarm submit`: already queued
                 continue
+            if payload.owner(raw) not in (None, self.cfg.swarm):
+                continue  # submitted to another swarm
             pool = payload.route(raw, self.cfg.default_pool, self.cfg.pools)
             k, a = scripts.enqueue_args(self.cfg.swarm, pool, task_id, "seed", time.time())
             await self._enqueue(keys=k, args=a)

@@ -58,7 +58,8 @@ def _setup_logging(cfg: WorkerConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter(
-            f"%(asctime)s %(levelname)s {cfg.worker_id}#{cfg.generation} %(message)s"
+            f"%(asctime)s %(levelname)s {cfg.slot or cfg.worker_id}#{cfg.generation} "
+            "%(message)s"
         )
     )
     # Forked from the supervisor: drop the handlers we inherited (its log file).
@@ -89,6 +90,7 @@ class Worker:
         self.runner: Any = None
         self._status_key = keys.worker(cfg.swarm, cfg.worker_id)
         self._beat_key = keys.heartbeat(cfg.worker_id)
+        self._lease_key = keys.lease(cfg.swarm, keys.consumer(cfg.worker_id, cfg.generation))
         self._beat_ms = max(1, int(cfg.heartbeat_expiry * 1000))
         self._redis_down_logged = False
         self.redis: Any = None
@@ -199,6 +201,7 @@ class Worker:
         in one round trip."""
         now = datetime.now(timezone.utc).isoformat()
         pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self._lease_key, now, px=self._beat_ms)
         pipe.set(self._beat_key, now, px=self._beat_ms)
         pipe.hset(self._status_key, mapping=self._report(now))
         pipe.mget(keys.paused(self.cfg.swarm), keys.paused(self.cfg.swarm, self.cfg.pool))
@@ -228,7 +231,7 @@ class Worker:
     async def _say_goodbye(self) -> None:
         try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.delete(self._beat_key)
+            pipe.delete(self._beat_key, self._lease_key)
             pipe.hset(self._status_key, "state", "stopped")
             await pipe.execute()
         except Exception:  # noqa: BLE001 - leaving anyway; the key expires by itself

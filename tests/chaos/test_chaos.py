@@ -87,7 +87,8 @@ def test_soak_under_chaos(make_swarm, fake_api):
     lost = sum(1 for f in results if f is None)
     billed = fake_api.billed()["responses"]
     total = costs.read_counters(r, "t")["total"]["*"]
-    restarts = sum(int(json.loads(v)["restarts"]) for v in r.hgetall(keys.slots("t")).values())
+    restarts = sum(int(json.loads(v)["restarts"]) for host in r.smembers(keys.hosts("t"))
+                   for v in r.hgetall(keys.host_slots("t", host)).values())
     print(f"\nchaos: tasks {TASKS}, seconds {SECONDS:g}, kills {figures['kills']}, "
           f"hangs {figures['hangs']}, restarts {len(swarm.events('restart'))} "
           f"(slots now {restarts}), redis restarts {figures['redis_kills']}, "
