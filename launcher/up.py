@@ -64,11 +64,13 @@ def persistence_warning(spec: SwarmSpec) -> str | None:
             points = "?"
     except (redis.RedisError, ValueError, OSError):
         return None  # unreachable: `swarm up` says so itself
-    what = ("only snapshots (save " + points + "): a restart loses what changed since the "
-            "last one" if points not in ("", "?") else
-            "appendonly is off" + (" and it has no save points" if points == "" else "") +
-            ": a restart loses every queued task and the cost history")
-    return (f"Redis at {target} keeps {what}; set 'appendonly yes' in its configuration "
+    if points not in ("", "?"):
+        what = (f"keeps only snapshots (save {points}): a restart of that server loses "
+                "what changed since the last one")
+    else:
+        what = ("has appendonly off" + (" and no save points" if points == "" else "") +
+                ": a restart of that server loses every queued task and the cost history")
+    return (f"Redis at {target} {what}; set 'appendonly yes' in its configuration "
             "(or CONFIG SET appendonly yes)")
 
 

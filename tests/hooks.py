@@ -35,3 +35,18 @@ def block_loop_soon(worker: object) -> None:
     import time
 
     asyncio.get_running_loop().call_later(1.0, time.sleep, 3600)
+
+
+def poison_before_call(worker: object) -> None:
+    """A task whose description holds 'poison' fails inside the worker before any API
+    call, outside the agent's own error handling (as a bug or a bad payload would)."""
+    from workers.agent import Agent
+
+    original = Agent.run
+
+    async def run(self, task, toolbox, context, task_id=""):  # type: ignore[no-untyped-def]
+        if "poison" in task.description:
+            raise RuntimeError("poisoned before the call")
+        return await original(self, task, toolbox, context, task_id)
+
+    Agent.run = run  # type: ignore[method-assign]

@@ -115,7 +115,7 @@ class Ledger:
         try:
             await pipe.execute()
         except redis.ResponseError as exc:
-            if "NOSCRIPT" not in str(exc):
+            if not isinstance(exc, redis.exceptions.NoScriptError):
                 raise
             self._record_sha = ""  # Redis restarted and forgot its scripts: load, retry
             raise redis.ConnectionError("scripts were flushed") from exc

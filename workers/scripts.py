@@ -32,8 +32,23 @@ return 1
 # task submitted to this swarm is then marked 'elsewhere'; one it only heard of the
 # seed's way is forgotten (the winner keeps the only record).
 START = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return 'done' end
 local state = redis.call('HGET', KEYS[1], 'state')
+-- someone else has it, or had it (a seed-style worker, another swarm): not ours to run
+local function not_ours(owner)
+  if state ~= 'queued' then return end
+  redis.call('HINCRBY', KEYS[4], 'queued', -1)
+  if redis.call('HGET', KEYS[1], 'source') == 'submit' then
+    redis.call('HINCRBY', KEYS[4], 'elsewhere', 1)
+    redis.call('HSET', KEYS[1], 'state', 'elsewhere', 'worker', owner or '')
+  else
+    redis.call('DEL', KEYS[1])
+    redis.call('ZREM', KEYS[5], ARGV[5])
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  not_ours(redis.call('GET', KEYS[2]))
+  return 'done'
+end
 if state == 'done' or state == 'failed' or state == 'dead' then return 'done' end
 if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[4]) then
   return 'exhausted'
@@ -44,16 +59,7 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
     return 'run'  -- our own claim, asked again after a lost reply: not a new attempt
   end
   if owner ~= ARGV[1] then
-    if state == 'queued' then
-      redis.call('HINCRBY', KEYS[4], 'queued', -1)
-      if redis.call('HGET', KEYS[1], 'source') == 'submit' then
-        redis.call('HINCRBY', KEYS[4], 'elsewhere', 1)
-        redis.call('HSET', KEYS[1], 'state', 'elsewhere', 'worker', owner or '')
-      else
-        redis.call('DEL', KEYS[1])
-        redis.call('ZREM', KEYS[5], ARGV[5])
-      end
-    end
+    not_ours(owner)
     return 'taken:' .. (owner or '')
   end
 end
@@ -97,8 +103,9 @@ return 1
 # first for a delivery hands it back; a second caller (another supervisor that saw the
 # same dead worker) finds it acknowledged already and does nothing.
 # KEYS: meta, seed result, seed claim, counts, queue
-# ARGV: entry id, group, task id, claim value of the dead worker, refund (1: do not count
-#       this attempt, the worker was stopped cleanly), why it came back
+# ARGV: entry id, group, task id, claim value of the dead worker, attempts change (-1:
+#       the worker was stopped cleanly, this try does not count; 1: it failed before
+#       START counted it; 0), why it came back
 # Returns 'requeued', 'done' (already recorded) or 'gone' (handed back by someone else).
 HAND_BACK = """
 if redis.call('XACK', KEYS[5], ARGV[2], ARGV[1]) == 0 then return 'gone' end
@@ -109,7 +116,10 @@ if state == 'done' or state == 'failed' or state == 'dead' or state == 'elsewher
   return 'done'
 end
 if redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
-if ARGV[5] == '1' and state == 'running' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+local change = tonumber(ARGV[5])
+if (change < 0 and state == 'running') or change > 0 then
+  redis.call('HINCRBY', KEYS[1], 'attempts', change)
+end
 if state == 'running' then
   redis.call('HINCRBY', KEYS[4], 'running', -1)
   redis.call('HINCRBY', KEYS[4], 'queued', 1)
@@ -160,11 +170,15 @@ def finish_args(swarm: str, pool: str, task_id: str, entry_id: str, finding_id: 
 
 
 def hand_back_args(swarm: str, pool: str, task_id: str, entry_id: str, claimant: str,
-                   refund: bool, reason: str) -> tuple[list[str], list[str]]:
+                   refund: bool, reason: str,
+                   charge: bool = False) -> tuple[list[str], list[str]]:
+    """``refund``: the try does not count (a clean stop); ``charge``: it failed before
+    START counted it, count it now."""
+    change = "-1" if refund else "1" if charge else "0"
     return (
         [keys.task_meta(swarm, task_id), keys.task_result(task_id),
          keys.task_claimed(task_id), keys.counts(swarm), keys.queue(swarm, pool)],
-        [entry_id, keys.GROUP, task_id, claimant, "1" if refund else "0", reason],
+        [entry_id, keys.GROUP, task_id, claimant, change, reason],
     )
 
 

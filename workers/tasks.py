@@ -40,7 +40,7 @@ class TaskRunner:
         self.consumer = keys.consumer(cfg.worker_id, cfg.generation)
         self.claim_ttl = int(cfg.task_timeout) + 60
         self.inflight: set[asyncio.Task[None]] = set()
-        self.running: dict[str, float] = {}  # task id -> monotonic start
+        self.running: dict[str, float] = {}  # task id -> monotonic start, once START ran
         r = worker.redis
         self._start_sha = ""  # loaded at boot; used inside a pipeline by its sha
         self._finish = r.register_script(scripts.FINISH)
@@ -120,16 +120,19 @@ class TaskRunner:
             raise
         except Exception as exc:  # noqa: BLE001 - one task's bug never takes the worker down
             log.exception("task %s: internal error; handed back as a failed attempt", task_id)
-            await self._give_back(entry_id, task_id, f"internal error: {exc!r}"[:500])
+            await self._give_back(entry_id, task_id, f"internal error: {exc!r}"[:500],
+                                  counted=task_id in self.running)
         finally:
             self.running.pop(task_id, None)
 
-    async def _give_back(self, entry_id: str, task_id: str, reason: str) -> None:
-        """A try that failed outside the agent's own handling counts as an attempt: the
-        task goes back to the queue, and after ``max_attempts`` it is dead-lettered with
-        this reason (never retried for ever)."""
+    async def _give_back(self, entry_id: str, task_id: str, reason: str,
+                         counted: bool) -> None:
+        """A try that failed outside the agent's own handling counts as an attempt (if
+        START had not counted it yet, it is counted here): the task goes back to the
+        queue, and after ``max_attempts`` it is dead-lettered with this reason, never
+        retried for ever."""
         k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
-                                      self.consumer, False, reason)
+                                      self.consumer, False, reason, charge=not counted)
         try:
             await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
         except Exception:  # noqa: BLE001 - left pending: recheck_pending runs it again
@@ -141,8 +144,10 @@ class TaskRunner:
                                   self.cfg.max_attempts)
         verdict, raw, context, last_error, spent, paused = await until_redis(
             lambda: self._start_pipeline(k, a, task_id), f"claiming task {task_id}")
-        if verdict == "run" and await self._held_back(spent, paused, entry_id, task_id):
-            return
+        if verdict == "run":
+            self.running[task_id] = time.monotonic()  # START counted this attempt
+            if await self._held_back(spent, paused, entry_id, task_id):
+                return
         if verdict == "done" or verdict.startswith("taken:"):
             await self._ack(entry_id)
             if verdict.startswith("taken:"):
@@ -159,7 +164,6 @@ class TaskRunner:
         except payload.PayloadError as exc:
             await self._record(entry_id, task_id, _describe(raw), _failed(str(exc)), dead=True)
             return
-        self.running[task_id] = time.monotonic()
         self.w.task_started(task_id)
         try:
             outcome = await self._execute(task, context, task_id)
@@ -174,7 +178,7 @@ class TaskRunner:
         try:
             return await self._start_once(k, a, task_id)
         except redis.ResponseError as exc:
-            if "NOSCRIPT" not in str(exc):
+            if not isinstance(exc, redis.exceptions.NoScriptError):
                 raise
             self._start_sha = ""  # Redis restarted and forgot its scripts
             raise redis.ConnectionError("scripts were flushed") from exc
