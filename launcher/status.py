@@ -173,13 +173,17 @@ def render(view: dict[str, Any]) -> Any:
         tasks_line.append(f"  PAUSED: {view['paused']}", style="bold red")
     for pool_name, why in view.get("paused_pools", {}).items():
         tasks_line.append(f"  PAUSED {pool_name}: {why}", style="bold red")
-    cells = [[row["slot"], str(row["pid"] or "-"), row["state"],
+    lead = 1 if many else 0  # with several hosts, a HOST column comes first
+    headers = ("HOST",) * lead + _COLUMNS
+    right = {i + lead for i in _RIGHT}
+    cells = [[row["host"]] * lead + [
+              row["slot"], str(row["pid"] or "-"), row["state"],
               "-" if row["heartbeat_age"] is None else format_duration(row["heartbeat_age"]),
               row["task"] or "-", str(row["done"]), str(row["failed"]), str(row["restarts"]),
               format_size(row["rss"]) if row["rss"] else "-", f"{row['cpu']:.1f}",
               row["last_exit"] or ""] for row in view["workers"]]
-    sizes = columns.widths(_COLUMNS, cells)
-    lines = [Text(columns.line(_COLUMNS, sizes, _RIGHT), style="bold")]
+    sizes = columns.widths(headers, cells)
+    lines = [Text(columns.line(headers, sizes, right), style="bold")]
     by_host = {h["host"]: h for h in view["hosts"]}
     host = pool = None
     for row, cell in zip(view["workers"], cells):
@@ -191,8 +195,8 @@ def render(view: dict[str, Any]) -> Any:
             pool = row["pool"]
             wanted = "" if many else f" ({view['pools'].get(pool, '?')} wanted)"
             lines.append(Text(f"{pool}{wanted}", style="bold"))
-        line = Text(columns.line(cell, sizes, _RIGHT))
-        start = sum(sizes[:2]) + 4
+        line = Text(columns.line(cell, sizes, right))
+        start = sum(sizes[:2 + lead]) + 2 * (2 + lead)
         line.stylize(_STYLE.get(row["state"], ""), start, start + len(row["state"]))
         lines.append(line)
     for h in view["hosts"]:

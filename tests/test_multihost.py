@@ -97,6 +97,10 @@ def test_the_same_spec_on_two_hosts_runs_each_task_once(hosts: Any, fake_api: An
     assert table.returncode == 0, table.stderr
     assert "2 hosts" in table.stdout
     assert "host h-one: supervisor pid" in table.stdout and "host h-two:" in table.stdout
+    header = next(line for line in table.stdout.splitlines() if line.startswith("HOST"))
+    assert header.split()[:3] == ["HOST", "WORKER", "PID"]
+    assert sum(1 for line in table.stdout.splitlines()
+               if line.split()[:2] in (["h-one", "a-1"], ["h-two", "a-1"])) == 2
     # cost per host adds up, and no worker row merges two hosts
     by_host = costs.rows_by(costs.read_counters(r, "t"), "host")
     per_host = {row.key: row.get("calls") for row in by_host if row.kind == "host"}
@@ -115,6 +119,11 @@ def test_the_same_spec_on_two_hosts_runs_each_task_once(hosts: Any, fake_api: An
     ask = Host(third, "h-three", spec, shared.url, env=api_env(fake_api))
     vague = ask.cli("scale", "a", "1")
     assert vague.returncode == 1 and "choose one with --host" in vague.stderr
+    only = ask.cli("down", "--host", "h-two", "--timeout", "60")
+    assert only.returncode == 0, only.stderr
+    assert only.stdout.strip() == "swarm 't' is down on h-two."
+    assert two.proc.wait(20) == 0 and one.proc.poll() is None and one.beating()
+    two.start()
     down = ask.cli("down", "--timeout", "60")
     assert down.returncode == 0, down.stderr
     assert down.stdout.strip() == "swarm 't' is down (2 hosts: h-one, h-two)."
