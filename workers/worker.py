@@ -141,7 +141,9 @@ class Worker:
         self.runner = TaskRunner(self)
         await self.runner.ensure_group()
         self.state = "idle"
-        await self._beat()
+        if not await self._beat():  # no delivery is read before our lease exists
+            log.error("cannot take this worker's lease in Redis")
+            return False
         log.info("started pid=%d pool=%s", os.getpid(), self.cfg.pool)
         return True
 
@@ -196,9 +198,9 @@ class Worker:
                 os._exit(EXIT_ORPHANED)
             await self._beat()
 
-    async def _beat(self) -> None:
-        """The seed's heartbeat (a timestamp that expires) plus this worker's own report,
-        in one round trip."""
+    async def _beat(self) -> bool:
+        """The lease, the seed's heartbeat (timestamps that expire) and this worker's own
+        report, in one round trip; False if Redis did not take them."""
         now = datetime.now(timezone.utc).isoformat()
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self._lease_key, now, px=self._beat_ms)
@@ -211,10 +213,12 @@ class Worker:
             if self._redis_down_logged:
                 log.info("Redis is back")
                 self._redis_down_logged = False
+            return True
         except Exception as exc:  # noqa: BLE001 - Redis down: keep working, say so once
             if not self._redis_down_logged:
                 log.warning("heartbeat failed, Redis unreachable: %s", exc)
                 self._redis_down_logged = True
+            return False
 
     def _report(self, now: str) -> dict[str, str | int]:
         return {
