@@ -206,9 +206,16 @@ class Host:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        """End everything this host runs, whatever state it is in."""
+        """End everything this host runs, whatever state it is in: first as `swarm
+        down` would (SIGTERM to the supervisor: `unshare` does not pass signals on, so
+        in a namespace it goes to the namespace's first process), then SIGKILL."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            targets = self._tree()[:1] if self.isolated else [psutil.Process(self.proc.pid)]
+            for proc in targets:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except psutil.Error:
+                    pass
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
