@@ -1,63 +1,37 @@
-"""The `swarm` command. Each command is a thin layer: parse, call, print.
-
-A user's mistake is one line on stderr and a non-zero exit (2 for bad input, 1 for a
-swarm that is not there); never a traceback.
+"""The `swarm` command: its app (launcher/cli_common.py), the commands of the swarm's
+life here (up, status, down, scale, logs, schema), those of its work in
+launcher/cli_work.py. Each parses, calls the Python API (launcher/client.py), prints.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals can hold an API key
-    help="Start and supervise a local swarm of Claude workers coordinated through Redis.",
+from launcher import cli_work  # noqa: F401 - registers submit, tasks, show, resume, cost
+from launcher import control
+from launcher.cli_common import (
+    HostOption,
+    SwarmOption,
+    api_for,
+    api_of,
+    app,
+    err,
+    fail,
+    load_or_fail,
+    locate_or_fail,
+    out,
+    print_json,
 )
-err = Console(stderr=True, highlight=False, emoji=False)
-out = Console(highlight=False, emoji=False, soft_wrap=True)  # a pipe gets whole lines
 
-SwarmOption = Annotated[
-    Optional[str], typer.Option("--swarm", "-s", help="Which swarm, if several are here.")
-]
-
-
-def print_json(data: object) -> None:
-    """JSON for scripts: plain json.dumps (rich's highlighter costs ~120 ms on big output)."""
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"swarm: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _load(spec_path: Path):  # type: ignore[no-untyped-def]
-    from launcher.spec import SpecError, load
-
-    try:
-        return load(spec_path)
-    except SpecError as exc:
-        fail(str(exc), 2)
-
-
-def _locate(name: str | None):  # type: ignore[no-untyped-def]
-    from launcher.connect import NotRunning, locate
-    from launcher.state import NotFound
-
-    try:
-        return locate(name)
-    except (NotFound, NotRunning) as exc:
-        fail(str(exc))
+__all__ = ["app", "main"]
 
 
 @app.command()
@@ -70,7 +44,7 @@ def up(
     """Start the swarm described by SPEC and supervise it."""
     from launcher import up as up_mod
 
-    spec = _load(spec_path)
+    spec = load_or_fail(spec_path)
     try:
         up_mod.check_shell_sandbox(spec)
     except up_mod.UpError as exc:
@@ -100,23 +74,21 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
 ) -> None:
-    """Who is alive and busy: every worker slot, read from Redis."""
+    """Who is alive and busy: every host and worker, read from Redis."""
     import redis
 
     from launcher.connect import NotRunning
-    from launcher.status import collect, render
+    from launcher.status import render
 
-    found = _locate(swarm)
-    client = found.client()
+    api = api_for(swarm)
 
-    def snapshot():  # type: ignore[no-untyped-def]
+    def snapshot() -> dict[str, object]:
         try:
-            return collect(client, found.name)
+            return api.status()
         except NotRunning as exc:
             fail(str(exc))
         except redis.RedisError as exc:
-            fail(f"swarm '{found.name}' is not running (its Redis at {found.target} "
-                 f"does not answer: {exc})")
+            fail(f"swarm '{api.name}' is not running (its Redis does not answer: {exc})")
 
     if not watch:
         view = snapshot()
@@ -136,12 +108,6 @@ def status(
         pass
 
 
-HostOption = Annotated[
-    Optional[str], typer.Option("--host", help="Which host of the swarm (default: every "
-                                "host for down; this one, or the only one, for scale).")
-]
-
-
 @app.command()
 def down(
     swarm: SwarmOption = None,
@@ -159,7 +125,7 @@ def down(
         found = locate(swarm)
     except (NotRunning, NotFound) as exc:
         fail(str(exc))
-    api = _api_of(found)
+    api = api_of(found)
     here = found.state.read_info().get("host") if found.state else None
     pid = found.state.live_pid() if found.state else None
     private = found.state is not None and found.state.embedded()
@@ -167,7 +133,10 @@ def down(
         found.state.clear_runtime()
         fail(f"swarm '{found.name}' is not running")
     if private and pid is not None:  # one host, and its Redis goes with it
-        _send_control(api, here or "", {"cmd": "down", "now": now})
+        import redis
+
+        with contextlib.suppress(redis.RedisError):  # the signal does it anyway
+            api.send(control.Down(now), here or "")
         os.kill(pid, signal.SIGQUIT if now else signal.SIGTERM)
         if not _wait_pid(pid, timeout):
             fail(f"swarm '{found.name}' did not stop within {timeout:g}s")
@@ -190,17 +159,6 @@ def down(
     out.print(f"swarm '{found.name}' is down{where}{hosts}{said}.")
 
 
-def _send_control(api, host: str, command: dict) -> None:  # type: ignore[no-untyped-def]
-    import redis
-
-    from workers import keys
-
-    try:
-        api.redis.rpush(keys.host_control(api.name, host), json.dumps(command))
-    except redis.RedisError:
-        pass  # the signal does it
-
-
 def _wait_pid(pid: int, timeout: float) -> bool:
     from launcher.state import pid_alive
 
@@ -210,12 +168,6 @@ def _wait_pid(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-def _api_of(found):  # type: ignore[no-untyped-def]
-    from launcher.client import Swarm
-
-    return Swarm(found.name, found.client())
 
 
 @app.command()
@@ -231,8 +183,8 @@ def scale(
 
     from launcher.client import SwarmError
 
-    found = _locate(swarm)
-    api = _api_of(found)
+    found = locate_or_fail(swarm)
+    api = api_of(found)
     here = found.state.read_info().get("host") if found.state else None
     try:
         target = api.pick_host(host, here or os.environ.get("SWARM_HOST") or _machine())
@@ -252,173 +204,25 @@ def _machine() -> str:
 
 @app.command()
 def logs(
-    worker: Annotated[Optional[str], typer.Argument(help="A worker id; default the supervisor.")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    worker: Annotated[Optional[str], typer.Argument(
+        help="A worker (haiku-1); default the supervisor.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
     swarm: SwarmOption = None,
 ) -> None:
-    """Show a worker's log (or the supervisor's)."""
+    """Show a worker's log (or the supervisor's), on this host."""
+    from launcher.client import SwarmError, log_file
     from launcher.logview import show
-    from launcher.state import NotFound, find
 
     try:
-        state = find(swarm)
-    except NotFound as exc:
-        fail(str(exc))
-    logs_dir = state.read_info().get("logs")
-    if not logs_dir:
-        fail(f"swarm '{state.name}' has no log folder recorded; has it ever run?")
-    path = Path(logs_dir) / f"{worker or 'supervisor'}.log"
-    if not path.exists():
-        known = sorted(p.stem for p in Path(logs_dir).glob("*.log"))
-        fail(f"no log for {worker or 'supervisor'!r} in {logs_dir} (have: {', '.join(known)})", 2)
+        path = log_file(worker, swarm)
+    except SwarmError as exc:
+        fail(str(exc), 2 if str(exc).startswith("no log for") else 1)
     try:
         show(path, lines, follow)
     except KeyboardInterrupt:
         pass
-
-
-def _swarm_api(name: str | None):  # type: ignore[no-untyped-def]
-    from launcher.client import Swarm
-
-    found = _locate(name)
-    return Swarm(found.name, found.client())
-
-
-@app.command()
-def submit(
-    text: Annotated[str, typer.Argument(help="What the worker should do.")],
-    pool: Annotated[Optional[str], typer.Option("--pool", "-p", help="Which pool.")] = None,
-    files: Annotated[Optional[list[str]], typer.Option("--file", "-f", help="A file the task is about (repeatable).")] = None,
-    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the finding and print its result.")] = False,
-    timeout: Annotated[float, typer.Option(help="With --wait: seconds to wait.")] = 600.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    swarm: SwarmOption = None,
-) -> None:
-    """Queue a task; prints its id (or, with --wait, its finding's result)."""
-    from launcher.client import SubmitError
-
-    api = _swarm_api(swarm)
-    try:
-        task_id = api.submit(text, pool=pool, files=files or [])
-    except SubmitError as exc:
-        fail(str(exc), 2)
-    if not wait:
-        print_json({"task_id": task_id}) if as_json else print(task_id)
-        return
-    try:
-        finding = api.wait(task_id, timeout)
-    except TimeoutError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"stopped waiting; the task {task_id} is still queued or running", 130)
-    if as_json:
-        print_json(finding)
-    else:
-        if finding.get("status") == "failed":
-            fail(f"task {task_id} failed: {finding.get('error')}")
-        print(finding.get("result", ""))
-    if finding.get("status") == "failed":
-        raise typer.Exit(1)
-
-
-@app.command()
-def tasks(
-    state: Annotated[Optional[str], typer.Option("--state", help="queued, running, done, failed, dead, elsewhere")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many, newest first.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    swarm: SwarmOption = None,
-) -> None:
-    """List tasks, newest first."""
-    from rich.table import Table
-
-    rows = _swarm_api(swarm).tasks(state, limit)
-    if as_json:
-        print_json(rows)
-        return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("TASK", "POOL", "STATE", "ATTEMPTS", "WORKER", "SUBMITTED", "FINDING", "ERROR"):
-        table.add_column(column, overflow="fold" if column == "ERROR" else "ellipsis")
-    for row in rows:
-        submitted = time.strftime("%H:%M:%S", time.localtime(float(row.get("submitted", 0))))
-        table.add_row(row["id"], row.get("pool", ""), row.get("state", ""),
-                      row.get("attempts", "0"), row.get("worker", ""), submitted,
-                      row.get("finding", ""), row.get("error", ""))
-    out.print(table)
-
-
-@app.command()
-def show(
-    task_id: Annotated[str, typer.Argument(help="The task's id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    swarm: SwarmOption = None,
-) -> None:
-    """Show one task, with its finding."""
-    record = _swarm_api(swarm).task(task_id)
-    if record is None:
-        fail(f"no task {task_id!r}", 2)
-    if as_json:
-        print_json(record)
-        return
-    finding = record.pop("finding") or {}
-    for key in ("id", "state", "pool", "attempts", "worker", "claimed", "error", "payload"):
-        if record.get(key) not in (None, ""):
-            out.print(f"[bold]{key}:[/] {record[key]}", markup=True, highlight=False)
-    if finding:
-        out.print(f"[bold]finding:[/] {finding.get('finding_id')}", markup=True)
-        for key in ("status", "worker_id", "model", "tokens_used", "cost", "files_changed",
-                    "error", "result"):
-            out.print(f"  {key}: {finding.get(key)}", markup=False)
-
-
-@app.command()
-def resume(swarm: SwarmOption = None) -> None:
-    """Let workers take new work again after a pause (e.g. the API spend limit)."""
-    from workers import keys
-
-    api = _swarm_api(swarm)
-    reason = api.redis.getdel(keys.paused(api.name))
-    out.print(f"resumed (was paused: {reason})" if reason else "the swarm was not paused")
-
-
-@app.command()
-def cost(
-    by: Annotated[str, typer.Option("--by", help="worker, host, pool, model or task")] = "worker",
-    since: Annotated[Optional[str], typer.Option("--since", help="Only the last DURATION (e.g. 1h).")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="With --by task: how many.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    swarm: SwarmOption = None,
-) -> None:
-    """What the swarm spent: per worker with pool and model subtotals, and what the same
-    tokens would have cost on the reference model."""
-    from launcher import costs
-    from launcher.units import parse_duration
-    from workers import keys
-
-    if by not in costs.DIMS:
-        fail(f"--by must be one of {', '.join(costs.DIMS)}, not {by!r}", 2)
-    try:
-        seconds = None if since is None else parse_duration(since)
-    except ValueError as exc:
-        fail(f"--since {exc}", 2)
-    found = _locate(swarm)
-    client = found.client()
-    meta = client.hgetall(keys.meta(found.name))
-    if by == "task":
-        rows = costs.rows_by_task(client, found.name, limit, seconds)
-    else:
-        rows = costs.rows_by(costs.read_counters(client, found.name, seconds), by)
-    reference = meta.get("reference_model", "")
-    source = meta.get("price_source", "unknown")
-    if as_json:
-        print_json({"swarm": found.name, "by": by, "since_seconds": seconds,
-                    "reference_model": reference, "price_source": source,
-                    "rows": [r.as_dict() for r in rows]})
-    elif as_csv:
-        sys.stdout.write(costs.to_csv(rows))
-    else:
-        out.print(costs.render(rows, reference, source, by))
 
 
 @app.command()

@@ -15,12 +15,14 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any
+from collections.abc import Iterable
 
+from launcher import control
 from workers import keys, scripts
 from workers.payload import Task, dump
 
-DONE_STATES = ("done", "failed", "dead")
 
 
 class SwarmError(Exception):
@@ -163,6 +165,10 @@ class Swarm:
         raise SwarmError(f"swarm '{self.name}' runs on {len(alive)} hosts "
                          f"({', '.join(alive)}): choose one with --host")
 
+    def send(self, command: control.Command, host: str) -> None:
+        """Queue a command for ``host``'s supervisor (read with its next tick)."""
+        self.redis.rpush(keys.host_control(self.name, host), control.encode(command))
+
     def scale(self, pool: str, workers: int, host: str, timeout: float = 10.0) -> int:
         """Ask ``host``'s supervisor for ``workers`` workers of ``pool``; returns how many
         it had. SwarmError if the pool does not exist or the host does not answer."""
@@ -172,8 +178,7 @@ class Swarm:
         if pool not in pools:
             known = ", ".join(sorted(pools)) or "none"
             raise SwarmError(f"swarm '{self.name}' has no pool {pool!r} (pools: {known})")
-        self.redis.rpush(keys.host_control(self.name, host), json.dumps(
-            {"cmd": "scale", "pool": pool, "workers": workers}))
+        self.send(control.Scale(pool, workers), host)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.redis.hget(keys.host_pools(self.name, host), pool) == str(workers):
@@ -195,7 +200,7 @@ class Swarm:
         lost = [] if host else [h for h, up in known.items() if not up]
         pipe = self.redis.pipeline(transaction=False)
         for name in targets:
-            pipe.rpush(keys.host_control(self.name, name), json.dumps({"cmd": "down", "now": now}))
+            pipe.rpush(keys.host_control(self.name, name), control.encode(control.Down(now)))
         for name in lost:
             pipe.srem(keys.hosts(self.name), name)
             pipe.delete(keys.host_slots(self.name, name), keys.host_pools(self.name, name))
@@ -211,6 +216,38 @@ class Swarm:
             self.redis.hset(keys.meta(self.name), "state", "stopped")
         stopped = [name for name in targets if name not in waiting]
         return stopped, waiting, lost
+
+    # --- what it is doing and what it spent ---------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Every host's supervisor and every worker, and the task counts (see
+        launcher/status.py); ``NotRunning`` if the swarm is not running."""
+        from launcher.status import collect
+
+        return collect(self.redis, self.name)
+
+    def cost(self, by: str = "worker", since: float | None = None,
+             limit: int = 20) -> dict[str, Any]:
+        """What the swarm spent, by worker, host, pool, model or task (the dearest
+        ``limit``), over the last ``since`` seconds or all along: ``rows`` (launcher.costs
+        Row), ``reference_model`` and ``price_source``."""
+        from launcher import costs
+
+        if by not in costs.DIMS:
+            raise SwarmError(f"--by must be one of {', '.join(costs.DIMS)}, not {by!r}")
+        meta = self.redis.hgetall(keys.meta(self.name))
+        if by == "task":
+            rows = costs.rows_by_task(self.redis, self.name, limit, since)
+        else:
+            rows = costs.rows_by(costs.read_counters(self.redis, self.name, since), by)
+        return {"rows": rows, "reference_model": meta.get("reference_model", ""),
+                "price_source": meta.get("price_source", "unknown")}
+
+    def resume(self) -> str | None:
+        """Let the workers take new work again; the reason the swarm was paused, if it
+        was."""
+        reason: str | None = self.redis.getdel(keys.paused(self.name))
+        return reason
 
     def tasks(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The newest tasks first, optionally only those in ``state``."""
@@ -237,3 +274,24 @@ def submit(description: str, pool: str | None = None, files: Iterable[str] = (),
 
 def wait(task_id: str, timeout: float | None = None, swarm: str | None = None) -> dict[str, Any]:
     return Swarm.find(swarm).wait(task_id, timeout)
+
+
+def log_file(worker: str | None = None, swarm: str | None = None) -> Path:
+    """The log file of ``worker`` (a slot name, ``haiku-1``) or of the supervisor, of the
+    swarm whose state folder is here (or in a parent). SwarmError if there is none."""
+    from launcher.state import NotFound, find
+
+    try:
+        state = find(swarm)
+    except NotFound as exc:
+        raise SwarmError(str(exc)) from None
+    logs = state.read_info().get("logs")
+    if not logs:
+        raise SwarmError(f"swarm '{state.name}' has no log folder recorded; has it ever run?")
+    name = (worker or "supervisor").rsplit("/", 1)[-1]  # a whole worker id works too
+    path = Path(logs) / f"{name}.log"
+    if not path.exists():
+        known = sorted(p.stem for p in Path(logs).glob("*.log"))
+        raise SwarmError(f"no log for {worker or 'supervisor'!r} in {logs} "
+                         f"(have: {', '.join(known)})")
+    return path

@@ -58,5 +58,5 @@ def _only_swarm(target: RedisTarget) -> str:
         return str(names[0])
     if not names:
         raise NotRunning(f"no swarm has registered in the Redis at {target}")
-    raise NotFound(f"several swarms in the Redis at {target} ({', '.join(names)}): "
+    raise NotFound(f"several swarms in the Redis at {target} ({', '.join(str(n) for n in names)}): "
                    "choose one with --swarm NAME")

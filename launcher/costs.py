@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher import columns
-from workers import keys
+from workers import keys, ledger_format
 
-METRICS = ("calls", "input", "output", "cache_write", "cache_read", "nano", "ref_nano",
-           "unpriced_calls", "lost_calls", "lost_bound_nano")
+METRICS = ledger_format.METRICS
 DIMS = ("worker", "host", "pool", "model", "task")
 
 
@@ -41,7 +40,10 @@ class Row:
         }
 
 
-def read_counters(client: Any, name: str, since: float | None = None) -> dict[str, dict[str, dict[str, int]]]:
+Counters = dict[str, dict[str, dict[str, int]]]  # dim -> key -> metric -> n
+
+
+def read_counters(client: Any, name: str, since: float | None = None) -> Counters:
     """{dim: {key: {metric: n}}} from the totals, or from the minute buckets of the last
     ``since`` seconds (whole minutes, so up to a minute more)."""
     if since is None:
@@ -56,7 +58,7 @@ def read_counters(client: Any, name: str, since: float | None = None) -> dict[st
     counters: dict[str, dict[str, dict[str, int]]] = {}
     for fields in hashes:
         for name_, value in fields.items():
-            dim, key, metric = name_.split("|", 2)
+            dim, key, metric = ledger_format.split(name_)
             slot = counters.setdefault(dim, {}).setdefault(key, {})
             slot[metric] = slot.get(metric, 0) + int(value)
     return counters

@@ -23,7 +23,7 @@ import workers
 from workers.jail import Fence
 
 if TYPE_CHECKING:
-    from launcher.spec import SwarmSpec
+    from launcher.spec_model import SwarmSpec
 
 
 def fence_for(spec: SwarmSpec) -> Fence:

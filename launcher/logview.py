@@ -33,5 +33,5 @@ def show(path: Path, lines: int, follow: bool) -> None:
                 if rest:
                     sys.stdout.buffer.write(rest)
                 handle.close()
-                handle = open(path, "rb")  # noqa: SIM115
+                handle = open(path, "rb")
                 inode = os.fstat(handle.fileno()).st_ino

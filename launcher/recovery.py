@@ -13,12 +13,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from workers import keys, scripts
+from workers import keys, ledger_scripts, scripts
 from workers.payload import owner, route
+
+log = logging.getLogger("swarm.supervisor")
 
 
 @dataclass
@@ -33,7 +36,7 @@ def prepare_queues(redis: Any, swarm: str, pools: list[str]) -> None:
     for pool in pools:
         try:
             redis.xgroup_create(keys.queue(swarm, pool), keys.GROUP, id="0", mkstream=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
@@ -67,8 +70,8 @@ def hand_back(redis: Any, swarm: str, pool: str, consumer: str, reason: str,
 def lose_calls(redis: Any, swarm: str, pattern: str) -> tuple[int, int]:
     """Count the API calls in flight of dead consumers (``pattern``, e.g. ``a-1#2|*``)
     as lost in the ledger; returns (calls, upper bound in nano-dollars)."""
-    k, a = scripts.lose_args(swarm, pattern, time.time())
-    calls, bound = redis.register_script(scripts.LOSE)(keys=k, args=a)
+    k, a = ledger_scripts.lose_args(swarm, pattern, time.time())
+    calls, bound = redis.register_script(ledger_scripts.LOSE)(keys=k, args=a)
     return int(calls), int(bound)
 
 
@@ -129,3 +132,58 @@ def scan_seed_tasks(redis: Any, swarm: str, default_pool: str, pools: list[str])
         if len(batch) >= 500:
             enqueued += flush()
     return enqueued + flush()
+
+
+class Returns:
+    """A supervisor's side of recovery: what comes back from its exited workers (kept
+    while Redis is away), what its earlier run and other hosts' dead workers left, each
+    said as an event."""
+
+    def __init__(self, redis: Any, swarm: str, host: str, pools: list[str],
+                 events: Any) -> None:
+        self.redis, self.swarm, self.host, self.pools = redis, swarm, host, pools
+        self.events = events
+        self.waiting: list[tuple[str, str, str, bool]] = []  # pool, consumer, why, clean
+
+    def returned(self, pool: str, consumer: str, reason: str, clean: bool) -> None:
+        """A worker process exited: hand back what it held (now, or once Redis is
+        back). A clean stop's attempt is refunded."""
+        self.waiting.append((pool, consumer, reason, clean))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.waiting:
+            pool, consumer, reason, clean = self.waiting[0]
+            try:
+                tasks = hand_back(self.redis, self.swarm, pool, consumer, reason, refund=clean)
+                calls, bound = lose_calls(self.redis, self.swarm, f"{consumer}|*")
+            except Exception as exc:  # noqa: BLE001 - Redis down: kept for the next tick
+                log.warning("cannot hand back %s's tasks yet: %s", consumer, exc)
+                return
+            self.waiting.pop(0)
+            self._said(Reaped(consumer, tasks, calls, bound))
+
+    def at_start(self, seed_protocol: bool, default_pool: str) -> None:
+        """What this host's earlier run left (deliveries, calls in flight), what other
+        hosts' dead workers hold, then the seed's tasks nobody heard announced."""
+        prepare_queues(self.redis, self.swarm, self.pools)
+        self.reap(set())
+        ours = keys.worker_id(self.swarm, self.host, "*")
+        calls, bound = lose_calls(self.redis, self.swarm, ours)
+        self._said(Reaped("(earlier run)", 0, calls, bound))
+        if seed_protocol:
+            found = scan_seed_tasks(self.redis, self.swarm, default_pool, self.pools)
+            if found:
+                self.events.record("seed_tasks_found", tasks=found)
+
+    def reap(self, live: set[str]) -> None:
+        for dead in reap(self.redis, self.swarm, self.host, self.pools, live):
+            self._said(dead)
+
+    def _said(self, dead: Reaped) -> None:
+        if dead.tasks:
+            self.events.record("handed_back", consumer=dead.consumer, tasks=dead.tasks)
+        if dead.calls:
+            self.events.record("calls_lost", consumer=dead.consumer, calls=dead.calls,
+                               bound_usd=f"{dead.bound_nano / 1e9:.6f}",
+                               level=logging.WARNING)

@@ -7,6 +7,7 @@ It is the supervisor's child and gets SIGTERM if the supervisor dies.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -154,11 +155,9 @@ class EmbeddedRedis:
         if self.process is None:
             return
         if self.process.poll() is None:
-            try:
-                client = self.target.sync(socket_timeout=2.0)
-                client.shutdown(nosave=False)
-            except Exception:  # noqa: BLE001 - SHUTDOWN drops the connection by design
-                pass
+            # SHUTDOWN drops the connection by design: its error is the expected answer
+            with contextlib.suppress(Exception):
+                self.target.sync(socket_timeout=2.0).shutdown(nosave=False)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -174,3 +173,27 @@ class EmbeddedRedis:
         self.socket.unlink(missing_ok=True)
         if self.socket.parent != self.state.path:
             shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+
+class Restarts:
+    """When to start the embedded Redis again after it died: at once, then after 0.5 s,
+    1 s, 2 s ... at most 30 s apart; after ``limit`` failed starts in a row, give up (a
+    start can block up to its timeout, so it is never tried on every tick)."""
+
+    def __init__(self, limit: int = 8, first: float = 0.5, longest: float = 30.0) -> None:
+        self.limit, self.first, self.longest = limit, first, longest
+        self.failures = 0
+        self.next_at = 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def failed(self, now: float) -> bool:
+        """A start failed; True if that was the last one allowed."""
+        self.failures += 1
+        self.next_at = now + min(self.longest, self.first * 2 ** (self.failures - 1))
+        return self.failures >= self.limit
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.next_at = 0.0

@@ -11,21 +11,36 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from launcher.spec import Restart
 from workers import keys
 
-# States a slot can be in, as `swarm status` shows them. "idle" and "busy" come from
-# the worker itself once it is running.
-STARTING = "starting"
-RUNNING = "running"
-HUNG = "hung"  # heartbeat expired; being killed
-KILLING = "killing"  # over its memory limit; being killed
-RESTARTING = "restarting"  # exited; waiting out its backoff
-FATAL = "fatal"  # gave up: too many restarts within the window
-STOPPING = "stopping"  # asked to finish its work and exit (shutdown)
-RETIRING = "retiring"  # scaled away: finishing its work, will not come back
-STOPPED = "stopped"
+if TYPE_CHECKING:  # only a type here: `swarm status` imports this, not pydantic
+    from launcher.spec import Restart
+
+class SlotState(StrEnum):
+    """What the supervisor knows of a slot, as `swarm status` shows it ("idle" and
+    "busy" come from the worker itself once it is running)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    HUNG = "hung"  # heartbeat expired; being killed
+    KILLING = "killing"  # over its memory limit; being killed
+    RESTARTING = "restarting"  # exited; waiting out its backoff
+    FATAL = "fatal"  # gave up: too many restarts within the window
+    STOPPING = "stopping"  # asked to finish its work and exit (shutdown)
+    RETIRING = "retiring"  # scaled away: finishing its work, will not come back
+    STOPPED = "stopped"
+
+
+STARTING, RUNNING, HUNG, KILLING = (SlotState.STARTING, SlotState.RUNNING, SlotState.HUNG,
+                                    SlotState.KILLING)
+RESTARTING, FATAL, STOPPING, RETIRING, STOPPED = (
+    SlotState.RESTARTING, SlotState.FATAL, SlotState.STOPPING, SlotState.RETIRING,
+    SlotState.STOPPED)
+# the states in which the supervisor's word wins over what the worker says of itself
+SUPERVISOR_WINS = frozenset({HUNG, KILLING, RESTARTING, FATAL, STOPPING, RETIRING, STOPPED})
 
 
 @dataclass
@@ -36,7 +51,7 @@ class Slot:
     worker_id: str = ""  # the supervisor gives the whole id; alone, the slot's name
     generation: int = 0
     pid: int | None = None
-    state: str = STARTING
+    state: SlotState = STARTING
     started_at: float = 0.0  # monotonic, when the current process was forked
     seen_beat: bool = False  # the current process has heartbeated at least once
     next_start: float | None = 0.0  # monotonic time to (re)start at; None: not to start

@@ -8,11 +8,40 @@ import signal
 import sys
 import traceback
 
-from workers.config import WorkerConfig
+from launcher.slot import Slot
+from launcher.spec import SwarmSpec
+from workers.config import SEED_LISTENERS, WorkerConfig
+from workers.jail import Fence
 from workers.proc import die_with_parent
+from workers.redis_target import RedisTarget
 
 _RESET = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT,
           signal.SIGUSR1, signal.SIGUSR2)
+
+
+def config_for(spec: SwarmSpec, slot: Slot, host: str, redis: RedisTarget, parent_pid: int,
+               reference_model: str | None, fence: Fence) -> WorkerConfig:
+    """What the slot's next worker process is told: its identity and its pool's
+    settings from the spec."""
+    pool = spec.pools[slot.pool]
+    return WorkerConfig(
+        swarm=spec.name, worker_id=slot.worker_id, host=host, slot=slot.name,
+        pool=slot.pool, generation=slot.generation + 1, redis=redis, model=pool.model,
+        concurrency=pool.concurrency,
+        heartbeat_interval=float(pool.heartbeat.interval or pool.heartbeat.expiry / 3),
+        heartbeat_expiry=pool.heartbeat.expiry, task_timeout=pool.task_timeout,
+        stop_grace=spec.stop_grace, workdir=str(pool.workdir), env=dict(pool.env),
+        on_start=pool.on_start, parent_pid=parent_pid, default_pool=str(spec.default_pool),
+        seed_listener=spec.seed_protocol and slot.index <= SEED_LISTENERS,
+        pools=tuple(spec.pools), max_attempts=pool.max_attempts, max_turns=pool.max_turns,
+        max_tokens=pool.max_tokens, max_retries=pool.max_retries,
+        tools=pool.tools.model_dump(mode="json"), fence=fence,
+        prices={model: rates.rates() for model, rates in spec.prices.items()},
+        reference_model=reference_model, max_cost_usd=pool.max_cost_usd,
+        budget_usd=spec.budget_usd, pool_budget_usd=pool.budget_usd,
+        rate_limit=(spec.rate_limits[pool.model].model_dump()
+                    if pool.model in spec.rate_limits else {}),
+    )
 
 
 def fork_worker(cfg: WorkerConfig, close_in_child: list[int]) -> tuple[int, int]:

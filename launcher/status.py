@@ -18,10 +18,10 @@ import redis
 from launcher import columns
 from launcher.connect import NotRunning
 from launcher.units import format_duration, format_size
+from launcher.slot import SUPERVISOR_WINS, SlotState
 from workers import keys
+from workers.states import TaskState, WorkerState
 
-# Supervisor states that override what the worker last said about itself.
-_SUPERVISOR_WINS = {"hung", "killing", "restarting", "fatal", "stopping", "retiring", "stopped"}
 STALE_AFTER = 15.0  # a supervisor silent this long is reported as not responding
 
 
@@ -81,8 +81,7 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
         "pools": {pool: wanted.get(pool, 0) for pool in sorted(pool_names)},
         "paused": paused,
         "paused_pools": {p: why for p, why in pool_pauses.items() if why},
-        "tasks": {state: int(counts.get(state, 0))
-                  for state in ("queued", "running", "done", "failed", "dead", "elsewhere")},
+        "tasks": {str(state): int(counts.get(state, 0)) for state in TaskState},
         "workers": workers,
     }
 
@@ -112,8 +111,9 @@ def _row(host: str, worker_id: str, slot: dict[str, Any], report: dict[str, str]
     state = slot["state"]
     if lost:
         state = "lost"
-    elif state not in _SUPERVISOR_WINS:
-        state = report.get("state", "starting") if (beating and current) else "starting"
+    elif state not in SUPERVISOR_WINS:
+        said = report.get("state", WorkerState.STARTING)
+        state = said if (beating and current) else WorkerState.STARTING
     return {
         "worker": worker_id,
         "host": host,
@@ -134,9 +134,11 @@ def _row(host: str, worker_id: str, slot: dict[str, Any], report: dict[str, str]
 
 
 _STYLE = {
-    "idle": "green", "busy": "cyan", "starting": "yellow", "running": "green",
-    "hung": "red", "killing": "red", "restarting": "yellow", "fatal": "bold red",
-    "stopping": "magenta", "retiring": "magenta", "stopped": "dim",
+    WorkerState.IDLE: "green", WorkerState.BUSY: "cyan", SlotState.STARTING: "yellow",
+    SlotState.RUNNING: "green", SlotState.HUNG: "red", SlotState.KILLING: "red",
+    SlotState.RESTARTING: "yellow", SlotState.FATAL: "bold red",
+    SlotState.STOPPING: "magenta", SlotState.RETIRING: "magenta", SlotState.STOPPED: "dim",
+    "lost": "bold red",
 }
 
 

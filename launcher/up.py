@@ -5,6 +5,7 @@ on, and returns once every worker has heartbeated (or prints why not)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -12,7 +13,9 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -22,6 +25,9 @@ from launcher.spec import SwarmSpec
 from launcher.state import StateDir
 from workers.proc import isolate_imports
 from workers.redis_target import RedisTarget
+
+if TYPE_CHECKING:
+    from launcher.live import LiveView
 
 
 class UpError(Exception):
@@ -81,7 +87,8 @@ def check_not_running(state: StateDir) -> None:
 
 
 def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = True) -> int:
-    from launcher.supervisor import HostTaken, Supervisor
+    from launcher.presence import HostTaken
+    from launcher.supervisor import Supervisor
 
     state = state_of(spec)
     check_not_running(state)
@@ -152,12 +159,12 @@ def _connect(spec: SwarmSpec, state: StateDir) -> tuple[RedisTarget, EmbeddedRed
 def _preload(spec: SwarmSpec) -> None:
     """Import the worker's heavy modules and load the price data once, here, so every
     fork shares them instead of each worker paying for them on its first task."""
-    import anthropic  # noqa: F401
+    import anthropic
 
-    import workers.agent  # noqa: F401
-    import workers.tasks  # noqa: F401
-    import workers.tools  # noqa: F401
-    import workers.worker  # noqa: F401
+    import workers.agent
+    import workers.tasks
+    import workers.tools
+    import workers.worker  # noqa: F401 - imported to be shared by the forks
     from workers.pricing import PriceBook, newest_sonnet
 
     book = PriceBook()
@@ -171,34 +178,33 @@ def _preload(spec: SwarmSpec) -> None:
     gc.freeze()
 
 
-def _setup_logging(spec: SwarmSpec, console: bool, live: object | None) -> None:
+def _setup_logging(spec: SwarmSpec, console: bool, live: LiveView | None) -> None:
     logger = logging.getLogger("swarm")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logger.handlers[:] = [rotating(spec.logs.dir / "supervisor.log", spec.logs, SUPERVISOR_FORMAT)]
     if live is not None:
-        logger.addHandler(live.handler)  # type: ignore[attr-defined]
+        logger.addHandler(live.handler)
     elif console:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
 
 
-def _notifier(fd: int | None):  # type: ignore[no-untyped-def]
+def _notifier(fd: int | None) -> Callable[[str | None], None]:
+    """What tells a detached `swarm up` that the workers are up (or why not)."""
     def notify(problem: str | None) -> None:
         if fd is None:
             return
         message = "ready\n" if problem is None else f"error: {problem}\n"
-        try:
+        with contextlib.suppress(OSError):  # the parent gave up waiting: nobody to tell
             os.write(fd, message.encode())
             os.close(fd)
-        except OSError:
-            pass
 
     return notify
 
 
-def _live_view():  # type: ignore[no-untyped-def]
+def _live_view() -> LiveView:
     from launcher.live import LiveView
 
     return LiveView()
@@ -243,7 +249,7 @@ def detach(spec: SwarmSpec, spec_path: Path, timeout: float) -> tuple[int, str |
 
 def _last_line(path: Path) -> str:
     try:
-        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "no output"
     return lines[-1] if lines else "no output"

@@ -191,7 +191,7 @@ def main(argv: list[str]) -> int:
         os.close(keep_alive)
         try:
             child(config, alive)
-        except BaseException as exc:  # a bug here: say so, never return into main()
+        except BaseException as exc:  # noqa: BLE001 - a bug here: say so, never return into main()
             os._exit(fail(SetupError(f"internal error: {exc!r}")))
     os.close(alive)
     return wait(pid)

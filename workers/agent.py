@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 
@@ -71,31 +71,32 @@ class Agent:
         response arrives, withdrawn if the API answered with an error (not billed),
         counted as lost if we never learn its fate."""
         assert self.client is not None
+        ledger = self.ledger
         call = None
-        if self.ledger is not None:
+        if ledger is not None:
             size = len(json.dumps(request, default=str))
-            call = await self.ledger.begin(task_id, size, self.max_tokens)
+            call = await ledger.begin(task_id, size, self.max_tokens)
         try:
             response = await self.client.messages.create(**request)
         except anthropic.APIStatusError:
-            if call is not None:
-                await self.ledger.withdraw(call)  # type: ignore[union-attr]
+            if ledger is not None and call is not None:
+                await ledger.withdraw(call)
             raise
         except (anthropic.APIError, asyncio.CancelledError):
             # cut off, timed out, or an answer we could not read: it may have been billed
-            if call is not None:
-                await asyncio.shield(self.ledger.lose(call))  # type: ignore[union-attr]
+            if ledger is not None and call is not None:
+                await asyncio.shield(ledger.lose(call))
             raise
         except Exception:
             # failed before it was sent (e.g. text that cannot be encoded): not a call
-            if call is not None:
-                await self.ledger.withdraw(call)  # type: ignore[union-attr]
+            if ledger is not None and call is not None:
+                await ledger.withdraw(call)
             raise
         used = Usage.of(response.usage)
         outcome.usage.add(used)
         outcome.calls += 1
-        if call is not None:
-            nano = await self.ledger.settle(call, used)  # type: ignore[union-attr]
+        if ledger is not None and call is not None:
+            nano = await ledger.settle(call, used)
             outcome.nano = None if nano is None or outcome.nano is None else outcome.nano + nano
         return response
 
@@ -119,10 +120,9 @@ class Agent:
                 if response.stop_reason != "tool_use":
                     outcome.status, outcome.result = "done", text
                     break
-                if self._over_budget(outcome):
-                    outcome.result = text
-                    outcome.error = (f"task cost limit reached: ${outcome.nano / 1e9:.6f} of "
-                                     f"max_cost_usd ${self.max_cost_nano / 1e9:g}")  # type: ignore[operator]
+                over = self._over_budget(outcome)
+                if over:
+                    outcome.result, outcome.error = text, over
                     break
                 messages.append({"role": "assistant", "content": _as_params(response.content)})
                 messages.append({"role": "user",
@@ -131,7 +131,8 @@ class Agent:
                 outcome.result = text
                 outcome.error = f"stopped after max_turns ({self.max_turns}) without finishing"
         except SPEND_LIMIT_ERRORS as exc:
-            raise SpendLimitReached(_api_message(exc)) from None
+            # the spend-limit errors are RateLimitError (a 429), an APIStatusError
+            raise SpendLimitReached(_api_message(cast(anthropic.APIStatusError, exc))) from None
         except anthropic.AuthenticationError as exc:
             outcome.error = f"API authentication failed (401): {_api_message(exc)}"
         except anthropic.PermissionDeniedError as exc:
@@ -147,9 +148,14 @@ class Agent:
         return outcome
 
 
-    def _over_budget(self, outcome: Outcome) -> bool:
-        return (self.max_cost_nano is not None and outcome.nano is not None
-                and outcome.nano >= self.max_cost_nano)
+    def _over_budget(self, outcome: Outcome) -> str | None:
+        """Why the task must stop for its own cost limit, or None."""
+        if self.max_cost_nano is None or outcome.nano is None:
+            return None
+        if outcome.nano < self.max_cost_nano:
+            return None
+        return (f"task cost limit reached: ${outcome.nano / 1e9:.6f} of max_cost_usd "
+                f"${self.max_cost_nano / 1e9:g}")
 
 
 def _user_text(task: Task) -> str:

@@ -30,22 +30,28 @@ import errno
 import os
 import secrets
 import stat
-from collections import deque
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Generator, Iterator
 
-MAX_LINKS = 40  # symlinks followed in one walk, as the kernel's own limit
-MAX_DEPTH = 128  # folders below the workdir a walk or a listing goes
-_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+from workers.pathwalk import (
+    GIT,
+    MAX_DEPTH,
+    VENV_MARK,
+    Identity,
+    PathError,
+    Place,
+    Walker,
+    check_writable,
+    hidden_message,
+    identity,
+    is_venv,
+    readonly_message,
+    relative_parts,
+)
+
+__all__ = ["MAX_DEPTH", "VENV_MARK", "Entry", "Fence", "Jail", "PathError", "Place", "Walk"]
+
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-GIT = ".git"
-VENV_MARK = "pyvenv.cfg"
-
-Identity = tuple[int, int]
-
-
-class PathError(Exception):
-    """A path the tools cannot use; ``str()`` is the message for the model."""
 
 
 @dataclass(frozen=True)
@@ -55,21 +61,6 @@ class Fence:
     hidden: tuple[str, ...] = ()
     readonly: tuple[str, ...] = ()
     import_dirs: tuple[str, ...] = ()
-
-
-@dataclass
-class Place:
-    """Where a walk ended: an open folder and a name in it ('' for the folder itself)."""
-
-    dir_fd: int
-    name: str
-    folder: str  # the folder's path relative to the workdir, '' at the top
-    readonly: bool  # inside a read-only place
-    import_dir: bool  # the folder is on sys.path
-
-    @property
-    def rel(self) -> str:
-        return f"{self.folder}/{self.name}".strip("/") if self.name else self.folder
 
 
 @dataclass
@@ -106,16 +97,17 @@ class Walk:
 class Jail:
     """The workdir, open, and the rules of what in it the tools may touch."""
 
-    def __init__(self, root: str | os.PathLike[str], fence: Fence = Fence()) -> None:
+    def __init__(self, root: str | os.PathLike[str], fence: Fence | None = None) -> None:
+        fence = fence or Fence()
         self.root = os.path.realpath(root)
         self.fence = fence
         self.fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._hidden = _identities(fence.hidden)
         self._readonly = _identities(fence.readonly)
         self._imports = _identities(fence.import_dirs)
-        top = _identity(os.fstat(self.fd))
-        self._top_readonly = top in self._readonly
-        self._top_import = top in self._imports
+        top = identity(os.fstat(self.fd))
+        self.top_readonly = top in self._readonly
+        self.top_import = top in self._imports
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -126,7 +118,7 @@ class Jail:
 
     def open_read(self, path: str) -> tuple[int, str]:
         """(descriptor, relative path) of the regular file ``path`` names, open to read."""
-        with _Walker(self, path) as walker:
+        with Walker(self, path) as walker:
             place = walker.walk(make_dirs=False)
             if not place.name:
                 raise PathError("is a folder, not a file")
@@ -141,11 +133,11 @@ class Jail:
     def write(self, path: str, data: bytes, create: bool = True) -> str:
         """Replace (or create) the file ``path`` names with ``data``; its relative path.
         The data goes to a new file in the same folder, renamed over the old one."""
-        with _Walker(self, path) as walker:
+        with Walker(self, path) as walker:
             place = walker.walk(make_dirs=create)
             if not place.name:
                 raise PathError("is a folder, not a file")
-            self._check_writable(place, path)
+            check_writable(place, path)
             try:
                 old: os.stat_result | None = os.stat(place.name, dir_fd=place.dir_fd,
                                                      follow_symlinks=False)
@@ -177,30 +169,23 @@ class Jail:
             if not stat.S_ISREG(st.st_mode):
                 raise PathError(f"refused: {path} is not a regular file "
                                 "(a FIFO, socket or device)")
-            if _identity(st) in self._hidden:
-                raise PathError(_hidden_message(path))
+            if identity(st) in self._hidden:
+                raise PathError(hidden_message(path))
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _check_writable(self, place: Place, path: str) -> None:
-        if place.readonly or place.name == GIT:
-            raise PathError(_readonly_message(path))
-        if place.import_dir:
-            raise PathError(f"refused: {path} would be in a folder Python imports "
-                            "swarm from; nothing may be added or changed there")
-
     def _check_replaceable(self, old: os.stat_result, path: str) -> None:
         if stat.S_ISDIR(old.st_mode):
             raise PathError("is a folder, not a file")
         if not stat.S_ISREG(old.st_mode):
             raise PathError(f"refused: {path} is not a regular file")
-        if _identity(old) in self._hidden:
-            raise PathError(_hidden_message(path))
-        if _identity(old) in self._readonly:
-            raise PathError(_readonly_message(path))
+        if identity(old) in self._hidden:
+            raise PathError(hidden_message(path))
+        if identity(old) in self._readonly:
+            raise PathError(readonly_message(path))
 
     # --- listing ---------------------------------------------------------------------
 
@@ -266,7 +251,7 @@ class Jail:
             sub = os.open(name, _DIR, dir_fd=fd)
         except OSError:
             return None  # gone, swapped for a symlink, or not ours to read
-        if _identity(os.fstat(sub)) in self._hidden or _is_venv(sub):
+        if identity(os.fstat(sub)) in self._hidden or is_venv(sub):
             os.close(sub)
             return None
         return sub
@@ -274,19 +259,7 @@ class Jail:
     # --- the walk ----------------------------------------------------------------------
 
     def relative_parts(self, path: str) -> list[str]:
-        """The components of ``path`` to walk from the workdir. An absolute path must name
-        the workdir or a place inside it (after folding '.' and '..' as text)."""
-        if not path or "\0" in path:
-            raise PathError("refused: empty or invalid path")
-        if not path.startswith("/"):
-            return path.split("/")
-        top = self.root.rstrip("/") + "/"
-        if path == self.root or path.startswith(top):
-            return path[len(top):].split("/")  # walked as given: '..' included
-        normal = os.path.normpath(path)
-        if normal == self.root or normal.startswith(top):
-            return normal[len(top):].split("/")
-        raise PathError(f"refused: path escapes the working directory: {path}")
+        return relative_parts(path, self.root)
 
     def hidden(self, identity: Identity) -> bool:
         return identity in self._hidden
@@ -298,137 +271,11 @@ class Jail:
         return identity in self._imports
 
 
-class _Walker:
-    """One walk of a path from the workdir: a stack of open folders, closed at the end."""
-
-    def __init__(self, jail: Jail, path: str) -> None:
-        self.jail = jail
-        self.path = path
-        self.stack: list[tuple[int, str, bool, bool]] = []  # fd, name, readonly, import
-
-    def __enter__(self) -> _Walker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        while len(self.stack) > 0:
-            self._pop()
-
-    def walk(self, make_dirs: bool) -> Place:
-        jail, path = self.jail, self.path
-        parts = deque(jail.relative_parts(path))
-        self._to_top()
-        links = 0
-        while parts:
-            name = parts.popleft()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if len(self.stack) == 1:
-                    raise PathError(f"refused: path escapes the working directory: {path}")
-                self._pop()
-                continue
-            fd = self._step(name, make_dirs and _more(parts))
-            if fd is None:
-                if _more(parts):
-                    raise PathError(f"no such folder: {name} (in {path})")
-                return self._place(name)  # the last name, not there (yet)
-            st = os.fstat(fd)
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink("", dir_fd=fd)
-                os.close(fd)
-                links += 1
-                if links > MAX_LINKS:
-                    raise PathError(f"refused: too many levels of symbolic links "
-                                    f"(a loop?): {path}")
-                self._follow(target, parts)
-            elif stat.S_ISDIR(st.st_mode):
-                self._push(fd, name, st)
-            else:
-                os.close(fd)
-                if _more(parts):
-                    raise PathError(f"not a folder: {name} (in {path})")
-                return self._place(name)
-        return self._place("")
-
-    def _step(self, name: str, make_dir: bool) -> int | None:
-        """A descriptor of ``name`` in the current folder (not followed); None if it does
-        not exist and is not to be made."""
-        parent = self.stack[-1][0]
-        try:
-            return os.open(name, _PATH, dir_fd=parent)
-        except FileNotFoundError:
-            if not make_dir:
-                return None
-        place = self._place(name)
-        self.jail._check_writable(place, self.path)
-        try:
-            os.mkdir(name, 0o777, dir_fd=parent)
-        except FileExistsError:
-            pass  # made by someone else meanwhile: walk into whatever it is
-        return os.open(name, _PATH, dir_fd=parent)
-
-    def _follow(self, target: str, parts: deque[str]) -> None:
-        if target.startswith("/"):
-            rel_parts = self.jail.relative_parts(target)  # refuses a target outside
-            self._to_top()
-        else:
-            rel_parts = target.split("/")
-        parts.extendleft(reversed(rel_parts))
-
-    def _push(self, fd: int, name: str, st: os.stat_result) -> None:
-        jail = self.jail
-        identity = _identity(st)
-        if jail.hidden(identity):
-            os.close(fd)
-            raise PathError(_hidden_message(self.path))
-        if len(self.stack) > MAX_DEPTH:
-            os.close(fd)
-            raise PathError(f"refused: {self.path} is more than {MAX_DEPTH} folders deep")
-        readonly = (self.stack[-1][2] or name == GIT or jail.readonly(identity)
-                    or _is_venv(fd))
-        self.stack.append((fd, name, readonly, jail.imports(identity)))
-
-    def _pop(self) -> None:
-        fd = self.stack.pop()[0]
-        if fd != self.jail.fd:
-            os.close(fd)
-
-    def _to_top(self) -> None:
-        while self.stack:
-            self._pop()
-        jail = self.jail
-        self.stack.append((jail.fd, "", jail._top_readonly, jail._top_import))
-
-    def _place(self, name: str) -> Place:
-        fd, _, readonly, import_dir = self.stack[-1]
-        folder = "/".join(entry[1] for entry in self.stack[1:])
-        return Place(fd, name, folder, readonly, import_dir)
-
-
-# --- helpers -----------------------------------------------------------------------------
-
-def _more(parts: deque[str]) -> bool:
-    """True if a component that moves the walk is still to come."""
-    return any(part not in ("", ".") for part in parts)
-
-
-def _is_venv(dir_fd: int) -> bool:
-    try:
-        os.stat(VENV_MARK, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return True
-
-
-def _identity(st: os.stat_result) -> Identity:
-    return (st.st_dev, st.st_ino)
-
-
 def _identities(paths: tuple[str, ...]) -> frozenset[Identity]:
     found = set()
     for path in paths:
         try:
-            found.add(_identity(os.stat(path)))
+            found.add(identity(os.stat(path)))
         except OSError:
             continue
     return frozenset(found)
@@ -437,16 +284,6 @@ def _identities(paths: tuple[str, ...]) -> frozenset[Identity]:
 def _note(walk: Walk, text: str) -> None:
     if text not in walk.stopped:
         walk.stopped.append(text)
-
-
-def _hidden_message(path: str) -> str:
-    return (f"refused: {path} is swarm's own (its state or logs): out of the tools' "
-            "reach")
-
-
-def _readonly_message(path: str) -> str:
-    return (f"refused: {path} is read-only to the tools (swarm's own files, .git and "
-            "virtual environments are)")
 
 
 def _replace(dir_fd: int, name: str, data: bytes, old: os.stat_result | None) -> None:

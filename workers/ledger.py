@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from workers import keys, scripts
+from workers import keys, ledger_scripts
 from workers.redis_retry import until_redis
 from workers.pricing import PriceBook, Usage, family
 
@@ -42,9 +42,9 @@ class Ledger:
         self.reference = reference_model
         self._record_sha = ""
         self._tried: dict[str, bool] = {}
-        self._lose = redis.register_script(scripts.LOSE)
-        self._acquire = redis.register_script(scripts.ACQUIRE)
-        self._cool_down = redis.register_script(scripts.COOL_DOWN)
+        self._lose = redis.register_script(ledger_scripts.LOSE)
+        self._acquire = redis.register_script(ledger_scripts.ACQUIRE)
+        self._cool_down = redis.register_script(ledger_scripts.COOL_DOWN)
         self.rpm, self.tpm = rpm or 0, tpm or 0
         self._rate = keys.rate(swarm, model)
         self._cooldown = keys.cooldown(swarm, model)
@@ -58,7 +58,7 @@ class Ledger:
         characters, so the bound holds whatever the tokenizer does."""
         field = f"{self.consumer}|{uuid.uuid4().hex[:12]}"
         bound = self.prices.bound_nano(self.model, request_chars, max_tokens)
-        tokens = request_chars // 4 + max_tokens  # charged now, corrected on settle
+        tokens: float = request_chars // 4 + max_tokens  # charged now, corrected on settle
         if self.tpm:  # ACQUIRE charges at most the bucket's size (a minute's worth / 60)
             tokens = min(tokens, max(1, self.tpm / 60))
         entry = json.dumps({"worker": self.worker_id, "host": self.host, "pool": self.pool,
@@ -96,7 +96,7 @@ class Ledger:
         return nano
 
     async def _record_once(self, call: Call, record_keys: list[Any], record_args: list[Any],
-                           nano: int | None, overcharged: int) -> None:
+                           nano: int | None, overcharged: float) -> None:
         """MULTI: the RECORD script, the seed's float counter and, with a tokens-per-minute
         limit, the limiter's correction (the estimate charged at admission minus what the
         call used). Safe to repeat: if the call is no longer in flight, an earlier try was
@@ -105,7 +105,7 @@ class Ledger:
             return
         self._tried[call.field] = True
         if not self._record_sha:
-            self._record_sha = await self.redis.script_load(scripts.RECORD)
+            self._record_sha = await self.redis.script_load(ledger_scripts.RECORD)
         pipe = self.redis.pipeline(transaction=True)
         pipe.evalsha(self._record_sha, len(record_keys), *record_keys, *record_args)
         if nano:
@@ -128,5 +128,5 @@ class Ledger:
     async def lose(self, call: Call) -> None:
         """The call's fate is unknown (cut off, timed out): count it as lost in flight,
         with its upper bound, rather than pretend it cost nothing."""
-        k, a = scripts.lose_args(self.swarm, call.field, time.time())
+        k, a = ledger_scripts.lose_args(self.swarm, call.field, time.time())
         await until_redis(lambda: self._lose(keys=k, args=a), "counting a call lost")

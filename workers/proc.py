@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -27,7 +28,7 @@ def die_with_parent(sig: int = signal.SIGKILL, parent_pid: int | None = None) ->
         os._exit(1)
 
 
-def preexec_die_with_parent(sig: int = signal.SIGTERM):  # type: ignore[no-untyped-def]
+def preexec_die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
     """A ``preexec_fn`` for subprocess: the child gets ``sig`` when we die."""
     parent = os.getpid()
 

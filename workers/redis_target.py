@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -47,12 +47,12 @@ class RedisTarget:
             kwargs["password"] = self.password
         return kwargs
 
-    def sync(self, **extra: object) -> redis.Redis:
+    def sync(self, **extra: Any) -> redis.Redis:
         import redis
 
         return redis.Redis.from_url(self.url, **{**self._kwargs(), **extra})
 
-    def aio(self, **extra: object) -> redis.asyncio.Redis:
+    def aio(self, **extra: Any) -> redis.asyncio.Redis:
         import redis.asyncio
 
         return redis.asyncio.Redis.from_url(self.url, **{**self._kwargs(), **extra})

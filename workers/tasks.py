@@ -13,48 +13,50 @@ import json
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import Callable
 
 import redis
 
 from workers import keys, payload, scripts
-from workers.redis_retry import until_redis
-from workers.agent import Outcome, SpendLimitReached
+from workers.agent import Agent, Outcome, SpendLimitReached
+from workers.budgets import budgets
+from workers.config import WorkerConfig
 from workers.pricing import Usage
-
-if TYPE_CHECKING:
-    from workers.worker import Worker
+from workers.redis_retry import until_redis
+from workers.report import Report
+from workers.states import TaskState
+from workers.tools import Toolbox
 
 log = logging.getLogger("swarm.worker")
 
-SEED_BATCH = 500  # announcements checked in one round trip
-
 
 class TaskRunner:
-    def __init__(self, worker: Worker) -> None:
-        self.w = worker
-        cfg = worker.cfg
+    """One worker process's tasks: ``concurrency`` at a time on its event loop."""
+
+    def __init__(self, cfg: WorkerConfig, redis_client: Any, report: Report, agent: Agent,
+                 toolbox: Callable[[], Toolbox]) -> None:
         self.cfg = cfg
+        self.redis = redis_client
+        self.report = report
+        self.agent = agent
+        self.toolbox = toolbox
         self.stream = keys.queue(cfg.swarm, cfg.pool)
         self.consumer = keys.consumer(cfg.worker_id, cfg.generation)
         self.claim_ttl = int(cfg.task_timeout) + 60
         self.inflight: set[asyncio.Task[None]] = set()
         self.running: dict[str, float] = {}  # task id -> monotonic start, once START ran
-        r = worker.redis
         self._start_sha = ""  # loaded at boot; used inside a pipeline by its sha
-        self._finish = r.register_script(scripts.FINISH)
-        self._hand_back = r.register_script(scripts.HAND_BACK)
-        self._budgets = [("total|*|nano", cfg.budget_usd, "the swarm", None),
-                         (f"pool|{cfg.pool}|nano", cfg.pool_budget_usd, f"pool {cfg.pool}",
-                          cfg.pool)]
-        self._enqueue = r.register_script(scripts.ENQUEUE)
+        self._finish = redis_client.register_script(scripts.FINISH)
+        self._hand_back = redis_client.register_script(scripts.HAND_BACK)
+        self._budgets = budgets(cfg.budget_usd, {cfg.pool: cfg.pool_budget_usd})
 
     # --- reading the queue ---------------------------------------------------------
 
     async def ensure_group(self) -> None:
-        await ensure_group(self.w.redis, self.stream)
-        self._start_sha = await self.w.redis.script_load(scripts.START)
+        await ensure_group(self.redis, self.stream)
+        self._start_sha = await self.redis.script_load(scripts.START)
 
     async def consume(self) -> None:
         reader = self.cfg.redis.aio(socket_timeout=None)
@@ -63,19 +65,20 @@ class TaskRunner:
         complained = False
         next_check = time.monotonic() + 15
         try:
-            while not self.w.stopping.is_set():
+            while not self.report.stopping.is_set():
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + 15
                     await self.recheck_pending()
-                if self.w.paused:
-                    await _sleep_unless(self.w.stopping, 0.5)
+                if self.report.paused:
+                    await _sleep_unless(self.report.stopping, 0.5)
                     continue
                 free = self.cfg.concurrency - len(self.inflight)
                 if free <= 0:
                     await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    replies = await reader.xreadgroup(
+                    # [[stream, [(entry id, {field: value}), ...]], ...]
+                    replies: Any = await reader.xreadgroup(
                         keys.GROUP, self.consumer, {self.stream: ">"}, count=free,
                         block=block_ms)
                     complained = False
@@ -85,7 +88,7 @@ class TaskRunner:
                         complained = True
                     if "NOGROUP" in str(exc):
                         await self.ensure_group()
-                    await _sleep_unless(self.w.stopping, 0.5)
+                    await _sleep_unless(self.report.stopping, 0.5)
                     continue
                 for _stream, entries in replies or []:
                     for entry_id, fields in entries:
@@ -118,7 +121,7 @@ class TaskRunner:
             await self._run_entry(entry_id, task_id)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - one task's bug never takes the worker down
+        except Exception as exc:
             log.exception("task %s: internal error; handed back as a failed attempt", task_id)
             await self._give_back(entry_id, task_id, f"internal error: {exc!r}"[:500],
                                   counted=task_id in self.running)
@@ -135,7 +138,7 @@ class TaskRunner:
                                       self.consumer, False, reason, charge=not counted)
         try:
             await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
-        except Exception:  # noqa: BLE001 - left pending: recheck_pending runs it again
+        except Exception:
             log.exception("task %s: could not be given back", task_id)
 
     async def _run_entry(self, entry_id: str, task_id: str) -> None:
@@ -164,17 +167,17 @@ class TaskRunner:
         except payload.PayloadError as exc:
             await self._record(entry_id, task_id, _describe(raw), _failed(str(exc)), dead=True)
             return
-        self.w.task_started(task_id)
+        self.report.task_started(task_id)
         try:
             outcome = await self._execute(task, context, task_id)
         finally:
-            self.w.task_ended(task_id)
+            self.report.task_ended(task_id)
         await self._record(entry_id, task_id, task.description, outcome)
 
     async def _start_pipeline(self, k: list[str], a: list[str], task_id: str) -> list[Any]:
         """Claim, payload, shared context, last error and spending: one round trip."""
         if not self._start_sha:
-            self._start_sha = await self.w.redis.script_load(scripts.START)
+            self._start_sha = await self.redis.script_load(scripts.START)
         try:
             return await self._start_once(k, a, task_id)
         except redis.ResponseError as exc:
@@ -184,12 +187,12 @@ class TaskRunner:
             raise redis.ConnectionError("scripts were flushed") from exc
 
     async def _start_once(self, k: list[str], a: list[str], task_id: str) -> list[Any]:
-        pipe = self.w.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         pipe.evalsha(self._start_sha, len(k), *k, *a)
         pipe.get(keys.task(task_id))
         pipe.get(keys.CONTEXT_ACTIVE)
         pipe.hget(keys.task_meta(self.cfg.swarm, task_id), "error")
-        pipe.hmget(keys.ledger(self.cfg.swarm), [field for field, *_ in self._budgets])
+        pipe.hmget(keys.ledger(self.cfg.swarm), [b.field for b in self._budgets] or ["-"])
         pipe.mget(keys.paused(self.cfg.swarm), keys.paused(self.cfg.swarm, self.cfg.pool))
         return list(await pipe.execute())
 
@@ -198,27 +201,28 @@ class TaskRunner:
         """If the swarm or pool is paused, or a budget is used up, give the task back
         untouched (the attempt refunded): no new task starts; those running finish."""
         reason = next((why for why in paused if why), None)
-        for (_field, budget, who, pool), value in zip(self._budgets, spent):
-            if reason is None and budget is not None and int(value or 0) >= budget * 1e9:
-                reason = f"budget reached: {who} spent ${int(value or 0) / 1e9:.6f} of ${budget:g}"
-                await self.w.pause(reason, pool)
+        for budget, value in zip(self._budgets, spent):
+            reached = budget.reached(int(value or 0))
+            if reason is None and reached:
+                reason = reached
+                await self.report.pause(reason, budget.pool)
         if reason is None:
             return False
-        self.w.paused = reason
+        self.report.paused = reason
         k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
                                       self.consumer, True, reason)
         await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
         return True
 
     async def _execute(self, task: payload.Task, context: str | None, task_id: str) -> Outcome:
-        toolbox = self.w.toolbox()
+        toolbox = self.toolbox()
         try:
             async with asyncio.timeout(self.cfg.task_timeout):
-                return await self.w.agent.run(task, toolbox, context, task_id)
+                return await self.agent.run(task, toolbox, context, task_id)
         except TimeoutError:
             outcome = _failed(f"task timeout after {self.cfg.task_timeout:g}s")
         except SpendLimitReached as exc:
-            await self.w.pause(f"API spend limit reached: {exc}")
+            await self.report.pause(f"API spend limit reached: {exc}")
             outcome = _failed(f"API spend limit reached: {exc}")
         outcome.files_changed = sorted(toolbox.files_changed)
         return outcome
@@ -236,8 +240,8 @@ class TaskRunner:
         if not recorded:
             log.warning("task %s already had a result; this run's finding is dropped", task_id)
             return
-        self.w.count(outcome.status == "done")
-        if outcome.status != "done":
+        self.report.task_ended(task_id, done=outcome.status == TaskState.DONE)
+        if outcome.status != TaskState.DONE:
             log.warning("task %s failed: %s", task_id, outcome.error)
 
     def finding(self, task_id: str, description: str, outcome: Outcome) -> dict[str, Any]:
@@ -245,7 +249,7 @@ class TaskRunner:
         return {
             "finding_id": f"finding_{uuid.uuid4().hex[:16]}",
             "worker_id": self.cfg.worker_id,
-            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "timestamp": datetime.now(UTC).isoformat(),
             "task": description,
             "result": outcome.result,
             "files_changed": outcome.files_changed,
@@ -266,7 +270,7 @@ class TaskRunner:
 
     async def _ack(self, entry_id: str) -> None:
         async def ack() -> None:
-            pipe = self.w.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=False)
             pipe.xack(self.stream, keys.GROUP, entry_id)
             pipe.xdel(self.stream, entry_id)
             await pipe.execute()
@@ -277,7 +281,7 @@ class TaskRunner:
         """Catch-all: a delivery pending for this live worker that no task of ours is
         working on (its step failed in a way no retry covered) is run again."""
         try:
-            pending = await self.w.redis.xpending_range(
+            pending = await self.redis.xpending_range(
                 self.stream, keys.GROUP, min="-", max="+", count=1000,
                 consumername=self.consumer, idle=10_000)
         except Exception:  # noqa: BLE001 - Redis away: next time
@@ -287,7 +291,7 @@ class TaskRunner:
             entry_id = item["message_id"]
             if f"entry {entry_id}" in working:
                 continue
-            entry = await self.w.redis.xrange(self.stream, entry_id, entry_id)
+            entry = await self.redis.xrange(self.stream, entry_id, entry_id)
             task_id = entry[0][1].get("task", "") if entry else ""
             if not task_id:
                 await self._ack(entry_id)
@@ -295,65 +299,10 @@ class TaskRunner:
             log.warning("task %s was stranded on this worker; running it again", task_id)
             self._spawn(entry_id, task_id)
 
-    # --- seed-style intake ---------------------------------------------------------
-
-    async def listen_seed(self) -> None:
-        """Tasks announced the seed's way (SET task:{id}; PUBLISH channel:tasks {id}) go
-        into the reliable queue; the ENQUEUE script makes the many listeners agree.
-
-        Only a few workers per pool listen (``WorkerConfig.seed_listener``): every
-        announcement costs each listener a round trip, and `swarm submit` announces the
-        tasks it has already queued, so one listener per worker would cost every task one
-        round trip per worker. Announcements that arrive together are checked together."""
-        while not self.w.stopping.is_set():
-            pubsub = self.w.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(keys.CHANNEL_TASKS)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=None)
-                    batch = []
-                    while message is not None and len(batch) < SEED_BATCH:
-                        if message.get("type") == "message":
-                            batch.append(str(message["data"]))
-                        message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                           timeout=0)
-                    if batch:
-                        await self.enqueue_announced(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - Redis away: resubscribe shortly
-                await _sleep_unless(self.w.stopping, 1.0)
-            finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:  # noqa: BLE001
-                    pass
-
-    async def enqueue_announced(self, task_ids: list[str]) -> None:
-        """Queue the announced tasks that no swarm knows yet (one round trip to look)."""
-        ids = [t for t in task_ids if t and len(t) <= 256 and not any(c.isspace() for c in t)]
-        if not ids:
-            return
-        pipe = self.w.redis.pipeline(transaction=False)
-        for task_id in ids:
-            pipe.exists(keys.task_meta(self.cfg.swarm, task_id))
-            pipe.get(keys.task(task_id))
-        found = await pipe.execute()
-        for task_id, known, raw in zip(ids, found[::2], found[1::2]):
-            if known or raw is None:  # e.g. our own `swarm submit`: already queued
-                continue
-            if payload.owner(raw) not in (None, self.cfg.swarm):
-                continue  # submitted to another swarm
-            pool = payload.route(raw, self.cfg.default_pool, self.cfg.pools)
-            k, a = scripts.enqueue_args(self.cfg.swarm, pool, task_id, "seed", time.time())
-            await self._enqueue(keys=k, args=a)
-
-
 async def ensure_group(redis: Any, stream: str) -> None:
     try:
         await redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if "BUSYGROUP" not in str(exc):
             raise
 
@@ -365,7 +314,7 @@ def _failed(reason: str) -> Outcome:
 def _describe(raw: Any) -> str:
     try:
         return str(json.loads(raw).get("description", ""))[:1000]
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a payload that is not JSON says what it is anyway
         return "" if raw is None else str(raw)[:200]
 
 

@@ -22,20 +22,19 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import math
 import os
-import signal
-import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import regex
 
-from workers import sandbox
-from workers.jail import VENV_MARK, Entry, Fence, Jail, PathError, Walk
+from workers.jail import Entry, Fence, Jail, PathError, Walk
+from workers.search import LineSearch, glob_regex
+from workers.shell import run_shell
+from workers.tool_base import ToolError, ToolSettings, arg, clip, positive, seconds
 
 log = logging.getLogger("swarm.tools")
 
@@ -43,43 +42,9 @@ GREP_MAX_LINE_CHARS = 400
 MAX_LIST_ENTRIES = 200_000  # entries a listing or a grep looks at, at most
 _CHUNK = 65536
 _BINARY_PROBE = 8192
-# What a shell command's environment may hold besides what the spec names.
-SHELL_BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
-# Never handed to a shell command, even when a spec names them.
-SECRET_ENV = frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "SWARM_REDIS_URL",
-                        "REDISCLI_AUTH"})
-_SANDBOX_FAILED = 125  # workers/_sandbox_init.py: the sandbox could not be built
 _executor: ThreadPoolExecutor | None = None
 
-
-class ToolError(Exception):
-    """A refusal or failure; its message is shown to the model as an error result."""
-
-
-@dataclass(frozen=True)
-class ToolSettings:
-    read: bool = True
-    write: bool = True
-    edit: bool = True
-    list: bool = True
-    grep: bool = True
-    shell: bool = False
-    shell_timeout: float = 30.0
-    shell_sandbox: bool = True
-    shell_network: bool = False
-    shell_env: tuple[str, ...] = ()  # names passed from the worker's environment
-    shell_paths: tuple[str, ...] = ()  # more of the system the sandbox shows, read-only
-    max_read_bytes: int = 256_000
-    max_output_chars: int = 20_000
-    max_file_bytes: int = 4_000_000  # the largest file edit or grep takes, or write makes
-    tool_timeout: float = 30.0  # a file tool's time, at most
-
-    @classmethod
-    def of(cls, settings: dict[str, Any]) -> ToolSettings:
-        """From a spec's ``tools`` mapping (lists become tuples)."""
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in settings.items()}
-        return cls(**values)
+__all__ = ["ToolError", "ToolSettings", "Toolbox", "glob_regex"]
 
 
 # --- tool definitions (Messages API) ---------------------------------------------------
@@ -121,77 +86,13 @@ _DEFINITIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-# --- argument checks -------------------------------------------------------------------
-
-def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...],
-         default: Any = ...) -> Any:
-    if key not in args or args[key] is None:
-        if default is ...:
-            raise ToolError(f"missing required argument: {key}")
-        return default
-    value = args[key]
-    bad_bool = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
-    if not isinstance(value, kind) or bad_bool:
-        raise ToolError(f"argument {key} has the wrong type: {type(value).__name__}")
-    return value
-
-
-def _positive(args: dict[str, Any], key: str) -> int | None:
-    value = _arg(args, key, int, None)
-    if value is not None and value < 1:
-        raise ToolError(f"argument {key} must be at least 1")
-    return value
-
-
-def _seconds(args: dict[str, Any], key: str, default: float) -> float:
-    value = float(_arg(args, key, (int, float), default))
-    if not math.isfinite(value) or value <= 0:
-        raise ToolError(f"argument {key} must be a positive number of seconds")
-    return value
-
-
-def _cap(text: str, limit: int, what: str = "chars") -> str:
-    if len(text) <= limit:
-        return text
-    cut = text.rfind("\n", 0, limit)
-    cut = cut if cut > 0 else limit
-    return text[:cut] + f"\n[... truncated: {len(text) - cut} more {what}]"
-
-
-# --- glob ------------------------------------------------------------------------------
-
-def glob_regex(pattern: str) -> regex.Pattern[str]:
-    """A glob over '/'-separated relative paths: ``**`` spans folders, ``*`` and ``?``
-    do not cross '/', ``[...]`` is a character class. Repeats that mean nothing more
-    (``**/**/``, ``**``) are folded, so a pattern cannot be made to backtrack on them."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        if pattern.startswith("**/", i):
-            token, i = "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            token, i = ".*", i + 2
-        elif pattern[i] in "*?":
-            token, i = ("[^/]*" if pattern[i] == "*" else "[^/]"), i + 1
-        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1:end].replace("\\", "\\\\")
-            token = "[^" + body[1:] + "]" if body[0] in "!^" else "[" + body + "]"
-            i = end + 1
-        else:
-            token, i = regex.escape(pattern[i]), i + 1
-        if token in ("(?:.*/)?", ".*", "[^/]*") and out and out[-1] == token:
-            continue
-        out.append(token)
-    return regex.compile("".join(out) + r"\Z", regex.DOTALL)
-
-
 class Toolbox:
     """The tools of one task, acting inside a workdir (a :class:`Jail`, shared by the
     worker's tasks, or a path)."""
 
     def __init__(self, workdir: Jail | str | Path, settings: ToolSettings,
-                 fence: Fence = Fence()) -> None:
-        self.jail = workdir if isinstance(workdir, Jail) else Jail(workdir, fence)
+                 fence: Fence | None = None) -> None:
+        self.jail = workdir if isinstance(workdir, Jail) else Jail(workdir, fence or Fence())
         self.fence = self.jail.fence
         self.root = self.jail.root
         self.settings = settings
@@ -228,7 +129,7 @@ class Toolbox:
             raise ToolError(f"{name} failed: {exc.strerror or exc}") from None
         except ValueError as exc:  # e.g. a NUL byte or a lone surrogate in the input
             raise ToolError(f"{name} failed: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - a bug of ours must not end the task
+        except Exception as exc:
             log.exception("tool %s failed", name)
             raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from None
 
@@ -242,14 +143,14 @@ class Toolbox:
             _tool_threads(), sync, tool_input, deadline)
         try:
             return await asyncio.wait_for(future, timeout + 1.0)
-        except asyncio.TimeoutError:
-            raise ToolError(f"{name} took longer than {timeout:g}s and was abandoned")
+        except TimeoutError:
+            raise ToolError(f"{name} took longer than {timeout:g}s and was abandoned") from None
 
     # --- file tools (on the tools' threads) ----------------------------------------------
 
     def _read_file(self, args: dict[str, Any], deadline: float) -> str:
-        path = _arg(args, "path", str)
-        offset, limit = _positive(args, "offset") or 1, _positive(args, "limit")
+        path = arg(args, "path", str)
+        offset, limit = positive(args, "offset") or 1, positive(args, "limit")
         fd, _ = self.jail.open_read(path)
         with io.BufferedReader(io.FileIO(fd, "rb"), _CHUNK) as f:
             if b"\0" in f.peek(_BINARY_PROBE)[:_BINARY_PROBE]:
@@ -260,7 +161,7 @@ class Toolbox:
         return text or "(empty file)"
 
     def _write_file(self, args: dict[str, Any], deadline: float) -> str:
-        path, content = _arg(args, "path", str), _arg(args, "content", str)
+        path, content = arg(args, "path", str), arg(args, "content", str)
         data = content.encode("utf-8")
         self._check_size(len(data), "content")
         rel = self.jail.write(path, data)
@@ -268,9 +169,9 @@ class Toolbox:
         return f"wrote {len(data)} bytes to {rel}"
 
     def _edit_file(self, args: dict[str, Any], deadline: float) -> str:
-        path = _arg(args, "path", str)
-        old, new = _arg(args, "old_string", str), _arg(args, "new_string", str)
-        replace_all = _arg(args, "replace_all", bool, False)
+        path = arg(args, "path", str)
+        old, new = arg(args, "old_string", str), arg(args, "new_string", str)
+        replace_all = arg(args, "replace_all", bool, False)
         if old == new:
             raise ToolError("old_string and new_string are the same")
         if not old:
@@ -298,7 +199,7 @@ class Toolbox:
         return f"replaced {count if replace_all else 1} occurrence(s) in {rel}"
 
     def _list_files(self, args: dict[str, Any], deadline: float) -> str:
-        pattern = _arg(args, "pattern", str, "**/*")
+        pattern = arg(args, "pattern", str, "**/*")
         paths: list[str] = []
         with self.jail.walk(MAX_LIST_ENTRIES) as walk:
             for entry in self._matching(walk, pattern, deadline):
@@ -306,24 +207,24 @@ class Toolbox:
         note = _stopped(walk.stopped)
         if not paths:
             return f"(no files match {pattern})" + note
-        return _cap("\n".join(paths), self.settings.max_output_chars) + note
+        return clip("\n".join(paths), self.settings.max_output_chars) + note
 
     def _grep(self, args: dict[str, Any], deadline: float) -> str:
-        flags = regex.IGNORECASE if _arg(args, "ignore_case", bool, False) else 0
-        text = _arg(args, "pattern", str)
+        flags = regex.IGNORECASE if arg(args, "ignore_case", bool, False) else 0
+        text = arg(args, "pattern", str)
         try:
-            search = _LineSearch(regex.compile(text, flags), text, flags)
+            search = LineSearch(regex.compile(text, flags), text, flags)
         except regex.error as exc:
             raise ToolError(f"bad regular expression: {exc}") from None
         out: list[str] = []
         size, cap = 0, self.settings.max_output_chars
         with self.jail.walk(MAX_LIST_ENTRIES) as walk:
-            for entry in self._matching(walk, _arg(args, "glob", str, "**/*"), deadline):
+            for entry in self._matching(walk, arg(args, "glob", str, "**/*"), deadline):
                 for hit in self._grep_file(search, entry, deadline):
                     out.append(hit)
                     size += len(hit) + 1
                     if size > cap:
-                        return _cap("\n".join(out), cap, "chars; narrow the search")
+                        return clip("\n".join(out), cap, "chars; narrow the search")
         return ("\n".join(out) or "(no matches)") + _stopped(walk.stopped)
 
     def _matching(self, walk: Walk, pattern: str, deadline: float) -> Iterator[Entry]:
@@ -349,7 +250,7 @@ class Toolbox:
             return False
         return True
 
-    def _grep_file(self, search: _LineSearch, entry: Entry,
+    def _grep_file(self, search: LineSearch, entry: Entry,
                    deadline: float) -> Iterator[str]:
         try:
             fd = self.jail.open_entry(entry)
@@ -375,126 +276,14 @@ class Toolbox:
             raise ToolError(f"refused: {what} would be {size} bytes; files here are "
                             f"limited to {limit} bytes")
 
-    # --- shell -------------------------------------------------------------------------
-
     async def _shell(self, args: dict[str, Any]) -> str:
-        command = _arg(args, "command", str)
         limit = self.settings.shell_timeout
-        timeout = min(_seconds(args, "timeout", limit), limit)
-        if "\0" in command:
-            raise ToolError("the command holds a NUL byte")
-        argv = ["/bin/sh", "-c", command]
-        env = self._shell_env()
-        if self.settings.shell_sandbox:
-            argv = sandbox.command(self._sandbox_spec(env), argv)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=self.root, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
-        output = _Output(self.settings.max_output_chars)
-        reading = asyncio.ensure_future(output.drain(proc.stdout))
-        try:
-            code = await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            _killpg(proc.pid)
-            await _settle(reading, proc.wait())
-            raise ToolError(f"timed out after {timeout:g}s: the command and everything "
-                            f"it started were killed\n{output.text()}") from None
-        finally:
-            _killpg(proc.pid)  # also what it left running in the background
-            await _settle(reading)
-        text = output.text()
-        if self.settings.shell_sandbox and code == _SANDBOX_FAILED and \
-                text.startswith("sandbox:"):
-            raise ToolError(f"the shell's sandbox could not be built: {text.strip()}")
-        return f"exit code: {code}\n{text or '(no output)'}"
-
-    def _shell_env(self) -> dict[str, str]:
-        """The command's whole environment: a few harmless basics and the names the
-        spec allows, never swarm's secrets."""
-        names = (*SHELL_BASE_ENV, *self.settings.shell_env)
-        env = {k: os.environ[k] for k in names if k in os.environ and k not in SECRET_ENV}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env["HOME"] = "/tmp" if self.settings.shell_sandbox else self.root
-        env["TERM"] = "dumb"
-        return env
-
-    def _sandbox_spec(self, env: dict[str, str]) -> sandbox.SandboxSpec:
-        inside = [p for p in (*self.fence.readonly, *self.fence.import_dirs)
-                  if _within(p, self.root) and p != self.root]
-        inside += _top_level_protected(self.root)
-        outside = [p for p in (sys.base_prefix, sys.prefix, *self.settings.shell_paths)
-                   if os.path.exists(p) and not _within(p, self.root)]
-        hidden = list(self.fence.hidden)  # masked wherever the sandbox would show them
-        return sandbox.SandboxSpec(
-            workdir=self.root, hidden=tuple(dict.fromkeys(hidden)),
-            readonly=tuple(dict.fromkeys(inside + outside)),
-            network=self.settings.shell_network, env=env)
+        return await run_shell(arg(args, "command", str),
+                               min(seconds(args, "timeout", limit), limit),
+                               self.settings, self.root, self.fence)
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-class _LineSearch:
-    """A pattern searched line by line, as grep does, each search with a time limit and
-    the GIL released.
-
-    A search call costs about 3 µs with a time limit, so a file is not searched a line
-    at a time: the whole text is searched (``^`` and ``$`` at line ends), each line
-    where a match starts is then checked alone, and the search goes on from the next
-    line. No line is missed: a match a line has alone also starts there in the whole
-    text, unless the pattern can look beyond the line (lookarounds, atomic groups,
-    possessive quantifiers, ``\\A \\Z \\G \\K``); such a pattern is searched line by
-    line."""
-
-    _LOOKS_BEYOND = regex.compile(r"\(\?[<=!>]|\\[AZGK]|[*+?}]\+")
-
-    def __init__(self, pattern: regex.Pattern[str], text: str, flags: int) -> None:
-        self.pattern = pattern
-        self.whole = None if self._LOOKS_BEYOND.search(text) else \
-            regex.compile(text, flags | regex.MULTILINE)
-
-    def lines(self, text: str, deadline: float) -> Iterator[tuple[int, str]]:
-        """(line number, line) of each line of ``text`` the pattern matches."""
-        if self.whole is None:
-            for lineno, line in enumerate(_split_lines(text), 1):
-                if self._matches(line, deadline):
-                    yield lineno, line
-            return
-        pos, lineno, counted = 0, 1, 0
-        while pos <= len(text):
-            found = self.whole.search(text, pos, timeout=_time_left(deadline),
-                                      concurrent=True)
-            if found is None:
-                return
-            start = text.rfind("\n", 0, found.start()) + 1
-            end = text.find("\n", found.start())
-            end = len(text) if end < 0 else end
-            lineno += text.count("\n", counted, start)
-            counted = start
-            line = text[start:end]
-            if (start < end or end < len(text)) and self._matches(line, deadline):
-                yield lineno, line
-            pos = end + 1
-
-    def _matches(self, line: str, deadline: float) -> bool:
-        return self.pattern.search(line, timeout=_time_left(deadline),
-                                   concurrent=True) is not None
-
-
-def _split_lines(text: str) -> list[str]:
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def _time_left(deadline: float) -> float:
-    """Seconds until ``deadline``; ``TimeoutError`` if it has passed."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    return left
-
 
 def _tool_threads() -> ThreadPoolExecutor:
     """The file tools' own threads (made on first use, in the worker), so that slow
@@ -554,59 +343,3 @@ def _stopped(reasons: list[str]) -> str:
     return "".join(f"\n[... {reason}]" for reason in reasons)
 
 
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _top_level_protected(root: str) -> list[str]:
-    """``.git`` and the virtual environments at the top of the workdir: read-only in the
-    sandbox as they are to the file tools."""
-    found = []
-    try:
-        with os.scandir(root) as listing:
-            for item in listing:
-                if not item.is_dir(follow_symlinks=False):
-                    continue
-                if item.name == ".git" or os.path.lexists(os.path.join(item.path, VENV_MARK)):
-                    found.append(item.path)
-    except OSError:
-        pass
-    return found
-
-
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-async def _settle(*aws: Awaitable[Any], timeout: float = 2.0) -> None:
-    """Wait briefly for cleanup awaitables; never raise."""
-    try:
-        await asyncio.wait_for(asyncio.gather(*aws, return_exceptions=True), timeout)
-    except (asyncio.TimeoutError, Exception):  # noqa: BLE001
-        pass
-
-
-class _Output:
-    """Combined output of a command, bounded: its head and tail are kept."""
-
-    def __init__(self, max_chars: int) -> None:
-        self.half = max(1, max_chars // 2)
-        self.head, self.tail, self.dropped = bytearray(), bytearray(), 0
-
-    async def drain(self, stream: asyncio.StreamReader | None) -> None:
-        while stream is not None and (chunk := await stream.read(65536)):
-            room = self.half - len(self.head)
-            self.head += chunk[:room]
-            self.tail += chunk[max(room, 0):]
-            if len(self.tail) > self.half:
-                self.dropped += len(self.tail) - self.half
-                del self.tail[: len(self.tail) - self.half]
-
-    def text(self) -> str:
-        head = self.head.decode("utf-8", errors="replace")
-        tail = self.tail.decode("utf-8", errors="replace")
-        gap = f"\n[... {self.dropped} bytes of output cut ...]\n" if self.dropped else ""
-        return head + gap + tail

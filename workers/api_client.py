@@ -1,0 +1,66 @@
+"""The worker's Claude client: one SDK client per process, built after fork and reused
+by every task, with the ledger that meters each of its calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+from decimal import Decimal
+from typing import Any
+
+from workers import keys
+from workers.agent import Agent
+from workers.config import WorkerConfig
+from workers.ledger import Ledger
+from workers.pricing import PriceBook, Rates
+
+log = logging.getLogger("swarm.worker")
+
+
+def make_agent(cfg: WorkerConfig, redis: Any) -> Agent:
+    """The agent of this process: its SDK client, its ledger and its limits."""
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+        reason = "ANTHROPIC_API_KEY is not set: set it in the environment of `swarm up`"
+        log.error(reason)
+        return Agent(None, cfg.model, cfg.max_turns, cfg.max_tokens, missing_key=reason)
+    import anthropic
+
+    prices = PriceBook({model: Rates(**{k: Decimal(str(v)) for k, v in rates.items()})
+                        for model, rates in cfg.prices.items()})
+    if not prices.knows(cfg.model):
+        log.warning("no price for model %s: its tokens are counted, its cost is not",
+                    cfg.model)
+    ledger = Ledger(redis, cfg.swarm, cfg.worker_id, keys.consumer(cfg.worker_id,
+                    cfg.generation), cfg.pool, cfg.model, prices, cfg.reference_model,
+                    rpm=cfg.rate_limit.get("rpm"), tpm=cfg.rate_limit.get("tpm"))
+    client = anthropic.AsyncAnthropic(max_retries=cfg.max_retries,
+                                      http_client=_http_client(cfg, ledger))
+    limit = None if cfg.max_cost_usd is None else int(Decimal(str(cfg.max_cost_usd)) * 10**9)
+    return Agent(client, cfg.model, cfg.max_turns, cfg.max_tokens, ledger=ledger,
+                 max_cost_nano=limit)
+
+
+def _http_client(cfg: WorkerConfig, ledger: Any) -> Any:
+    """The SDK's own client class, with room to keep every task's connection alive, and
+    a hook that turns any 429 into a swarm-wide cool-down (the SDK still retries it)."""
+    import anthropic
+    import httpx2
+
+    async def on_response(response: Any) -> None:
+        if response.status_code == 429:
+            await ledger.cool_down(_retry_after(response.headers))
+
+    return anthropic.DefaultAsyncHttpxClient(
+        limits=httpx2.Limits(max_connections=max(1000, cfg.concurrency * 2),
+                             max_keepalive_connections=max(100, cfg.concurrency)),
+        event_hooks={"response": [on_response]},
+    )
+
+
+def _retry_after(headers: Any) -> float:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return max(0.05, min(60.0, float(headers.get(name)) * scale))
+        except (TypeError, ValueError):
+            continue
+    return 1.0

@@ -1,0 +1,19 @@
+"""The ledger's counters: hash fields ``{dim}|{key}|{metric}`` in ``swarm:{name}:ledger``
+and its minute buckets. The RECORD and LOSE scripts (workers/ledger_scripts.py) build
+the same fields in Lua; everything in Python reads and writes them through here."""
+
+from __future__ import annotations
+
+DIMS = ("total", "worker", "host", "pool", "model")  # total's one key is '*'
+METRICS = ("calls", "input", "output", "cache_write", "cache_read", "nano", "ref_nano",
+           "unpriced_calls", "lost_calls", "lost_bound_nano")
+
+
+def field(dim: str, key: str, metric: str) -> str:
+    return f"{dim}|{key}|{metric}"
+
+
+def split(name: str) -> tuple[str, str, str]:
+    """(dim, key, metric) of a field; a worker key holds '/' but never '|'."""
+    dim, key, metric = name.split("|", 2)
+    return dim, key, metric
