@@ -1,46 +1,40 @@
-"""Helpers shared by the benchmark scripts in bench/ (not a benchmark itself).
+"""Helpers shared by the benchmark scripts in bench/ (not a benchmark itself); what they
+share with the tests (the swarm under measurement, processes, the fake API) is in
+``tests.harness``. Run the benchmarks from the checkout as ``python -m bench.NAME``.
 
 Everything a benchmark starts lives in a temporary folder and is stopped by the
-``close()`` of the object that started it; ``processes_under`` is the last resort that
-kills anything still running with its working directory in that folder.
+``stop()``/``close()`` of the object that started it; ``processes_under`` is the last
+resort that kills anything still running with its working directory in that folder.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
-import sys
-import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import psutil
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-PYTHON = sys.executable
-SWARM_CLI = [PYTHON, "-m", "launcher.cli"]
+from launcher.state import StateDir
+from tests.harness.procs import PYTHON, ROOT, checkout_env, cli_env, kill_all, processes_under
+from tests.harness.swarm import SwarmRun
+
 SWARM_SCRIPT = str(Path(PYTHON).with_name("swarm"))  # the console script users type
-STANDALONE = str(BENCH / "standalone_worker.py")
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
+# The supervisor with a changed preload (bench/patched_launcher.py), as ``SwarmRun``'s
+# ``launcher``; -P, as the swarm script: its working folder (the spec's, a pool's
+# workdir) stays off sys.path, where swarm refuses a workdir.
+PATCHED_LAUNCHER = [PYTHON, "-P", "-m", "bench.patched_launcher"]
 # Workers build their Anthropic client at boot only when a key is set, as in real use;
-# a dummy one makes them do so. No task is ever submitted, so no request is made.
-os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-bench-dummy-no-requests-are-made")
-
-from launcher.state import StateDir  # noqa: E402
-from workers import keys  # noqa: E402,F401 - the benchmarks take it from here
-from tests.procs import processes_under, wait_for  # noqa: E402,F401 - shared with the tests
+# a dummy one makes them do so. No task is submitted with it, so no request is made.
+DUMMY_KEY = {"ANTHROPIC_API_KEY": "sk-ant-bench-dummy-no-requests-are-made"}
 
 
 # --- running, stopping, cleaning up ------------------------------------------------
@@ -53,28 +47,6 @@ def sigterm_exits() -> None:
         raise SystemExit(128 + sig)
 
     signal.signal(signal.SIGTERM, _exit)
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment for swarm processes we start: this tree's code first on the path
-    (so a copy of the repo measures its own code, not the editable install's)."""
-    env = dict(os.environ)
-    env.pop("SWARM_REDIS_URL", None)
-    env["COLUMNS"] = "200"
-    path = [extra.pop("PYTHONPATH")] if "PYTHONPATH" in extra else []
-    env["PYTHONPATH"] = os.pathsep.join(path + [str(ROOT)])
-    env.update(extra)
-    return env
-
-
-def kill_all(procs: list[psutil.Process]) -> None:
-    """SIGKILL each, and wait (5 s at most) until they are gone."""
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=5)
 
 
 def kill_leftovers(folder: Path) -> int:
@@ -102,13 +74,22 @@ def time_runs(argv: list[str], cwd: Path, runs: int, check: Callable[[str], Any]
     return times
 
 
-# --- a swarm under test ------------------------------------------------------------
+# --- a swarm under measurement -----------------------------------------------------
+
+
+def bench_swarm(name: str, pools: str, *, env: dict[str, str] | None = None,
+                **options: Any) -> SwarmRun:
+    """``SwarmRun.in_temp_folder`` (``stop_grace``, ``kill_grace``, ``launcher``) with
+    the dummy API key unless ``env`` gives one; not started."""
+    return SwarmRun.in_temp_folder(name, pools, env={**DUMMY_KEY, **(env or {})}, **options)
 
 
 def pool_yaml(name: str, workers: int, *, expiry: str = "15s", interval: str | None = None,
               backoff_initial: str = "100ms", backoff_max: str = "30s",
               max_restarts: int = 5, window: str = "60s", reset_after: str = "30s",
               model: str = "claude-haiku-4-5", on_start: str | None = None) -> str:
+    """One pool with the example's timings (``on_start``: e.g.
+    ``tests.harness.hooks:full_gc``)."""
     beat = f"{{expiry: {expiry}" + (f", interval: {interval}" if interval else "") + "}"
     hook = f"  on_start: {on_start}\n" if on_start else ""
     return textwrap.dedent(f"""\
@@ -124,127 +105,7 @@ def pool_yaml(name: str, workers: int, *, expiry: str = "15s", interval: str | N
         """) + hook
 
 
-class SwarmRun:
-    """A spec in a temporary folder and the supervisor running it.
-
-    By default started the way a user does, ``swarm up -d SPEC`` (which returns once
-    every worker has heartbeated). With ``launcher`` (argv of a wrapper that behaves like
-    ``python -m launcher.cli``) the supervisor runs in the foreground as our child and
-    readiness is polled from Redis instead.
-    """
-
-    def __init__(self, name: str, pools: str, *, stop_grace: str = "5s",
-                 kill_grace: str = "1s", launcher: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.folder = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
-        self.spec_path = self.folder / "swarm.yaml"
-        self.spec_path.write_text(
-            f"name: {name}\nstop_grace: {stop_grace}\nkill_grace: {kill_grace}\n"
-            "pools:\n" + textwrap.indent(pools, "  ")
-        )
-        self.launcher = launcher
-        self.env = env or {}  # extra environment for the supervisor (and so its workers)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.pid: int | None = None
-        self._client: Any = None
-
-    @property
-    def state(self) -> StateDir:
-        return StateDir(self.folder / ".swarm" / self.name)
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*SWARM_CLI, *args], cwd=self.folder, env=cli_env(**self.env), capture_output=True,
-            text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        )
-
-    def start(self, expected_workers: int, timeout: float = 600) -> SwarmRun:
-        t0 = time.perf_counter()
-        if self.launcher is None:
-            done = self.cli("up", "-d", "--wait", str(timeout), str(self.spec_path),
-                            timeout=timeout + 30)
-            if done.returncode != 0:
-                raise RuntimeError(f"swarm up -d failed: {done.stderr or done.stdout}")
-        else:
-            out = open(self.folder / "up.out", "wb")
-            self.proc = subprocess.Popen(
-                [*self.launcher, "up", str(self.spec_path)], cwd=self.folder,
-                env=cli_env(**self.env),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            out.close()
-            wait_for(lambda: self.all_beating(expected_workers), timeout, "every worker to beat",
-                     every=0.2)
-        self.startup_seconds = time.perf_counter() - t0
-        self.pid = self.state.read_pid()
-        return self
-
-    def client(self) -> Any:
-        if self._client is None:
-            target = self.state.read_redis()
-            if target is None:
-                raise RuntimeError("the swarm has no Redis recorded")
-            self._client = target.sync(socket_timeout=10)
-        return self._client
-
-    def status(self) -> dict[str, Any]:
-        from launcher.status import collect
-
-        return collect(self.client(), self.name)
-
-    def all_beating(self, expected: int) -> bool:
-        rows = self.status()["workers"]
-        return len(rows) == expected and all(r["state"] in ("idle", "busy") for r in rows)
-
-    def worker_pids(self) -> dict[str, int]:
-        return {r["worker"]: int(r["pid"]) for r in self.status()["workers"] if r["pid"]}
-
-    def redis_pid(self) -> int | None:
-        """The embedded redis-server: the supervisor's child that is not a worker."""
-        if self.pid is None:
-            return None
-        for child in psutil.Process(self.pid).children():
-            try:
-                if "redis-server" in child.name():
-                    return child.pid
-            except psutil.Error:
-                pass
-        return None
-
-    def close(self) -> None:
-        """`swarm down`, then SIGTERM/SIGKILL whatever is left, then remove the folder."""
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # noqa: BLE001
-                pass
-        pid = self.state.live_pid() or self.pid
-        if pid is not None and self.state.read_redis() is not None:
-            try:
-                self.cli("down", "--timeout", "30", timeout=45)
-            except subprocess.TimeoutExpired:
-                pass
-        if pid is not None and psutil.pid_exists(pid):
-            try:
-                os.kill(pid, signal.SIGTERM)
-                psutil.Process(pid).wait(15)
-            except (psutil.Error, ProcessLookupError):
-                pass
-            except psutil.TimeoutExpired:
-                os.kill(pid, signal.SIGKILL)
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait(10)
-        left = kill_leftovers(self.folder)
-        if left:
-            print(f"  (cleanup: killed {left} leftover process(es))", file=sys.stderr)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-# --- Redis for workers that swarm does not supervise -----------------------------------
+# --- workers that swarm does not supervise ---------------------------------------------
 
 
 class LoneRedis:
@@ -268,7 +129,48 @@ class LoneRedis:
 
 
 def standalone_cmd(worker_id: str, url: str, *, swarm: str, expiry: float) -> list[str]:
-    return [PYTHON, STANDALONE, worker_id, url, "--swarm", swarm, "--expiry", f"{expiry:g}"]
+    """bench/standalone_worker.py's command line; run it with :func:`standalone_env`."""
+    return [PYTHON, "-P", "-m", "bench.standalone_worker", worker_id, url, "--swarm", swarm,
+            "--expiry", f"{expiry:g}"]
+
+
+def standalone_env(password: str) -> dict[str, str]:
+    """The environment of a standalone worker: the checkout importable, the Redis
+    password, the dummy API key."""
+    return checkout_env({"SWARM_REDIS_PASSWORD": password, **DUMMY_KEY})
+
+
+# --- processes -----------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def in_trees(pids: list[int]) -> list[psutil.Process]:
+    """Every process of the trees rooted at ``pids``, each once."""
+    seen: dict[int, psutil.Process] = {}
+    for pid in pids:
+        for proc in tree(pid):
+            seen.setdefault(proc.pid, proc)
+    return list(seen.values())
+
+
+def mem_of(pids: list[int]) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of the process trees rooted at ``pids``."""
+    rss = pss = 0
+    for proc in in_trees(pids):
+        try:
+            info = proc.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        except psutil.Error:
+            pass
+    return rss, pss
 
 
 # --- numbers -----------------------------------------------------------------------
@@ -371,7 +273,8 @@ class MachineLoad:
     included), and whether someone else's tests or benchmarks were running: the machine
     is shared, so every result says how quiet it was."""
 
-    FOREIGN = ("pytest", "fake_api", "throughput.py")
+    FOREIGN = ("pytest", "fake_api", "throughput.py", "bench.throughput",
+               "bench.peers.throughput")
 
     def __init__(self, every: float = 5.0) -> None:
         import threading

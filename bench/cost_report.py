@@ -6,8 +6,8 @@ take a minute rather than the hours real API calls would), spread like a real sw
 64 workers in 4 pools, 3 models, one call per task on average 1.5, over the last hour's
 minute buckets. Then `swarm cost` (the console script, as a user runs it) is timed.
 
-    python bench/cost_report.py                 # 10k, 100k, 1M
-    python bench/cost_report.py --calls 10000
+    python -m bench.cost_report                 # 10k, 100k, 1M
+    python -m bench.cost_report --calls 10000
 """
 
 from __future__ import annotations
@@ -15,28 +15,18 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
-    SWARM_CLI,
-    SwarmRun,
-    machine,
-    revision,
-    sigterm_exits,
-    table,
-    time_runs,
-)
-
-from workers import keys, scripts  # noqa: E402
+from bench._common import bench_swarm, machine, revision, sigterm_exits, table, time_runs
+from tests.harness.procs import SWARM_CLI
+from workers import keys, ledger_scripts
 
 MODELS = ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-5"]
 
 
 def record(client, name: str, start: int, count: int, rng: random.Random) -> None:
-    sha = client.script_load(scripts.RECORD)
+    sha = client.script_load(ledger_scripts.RECORD)
     now = time.time()
     pipe = client.pipeline(transaction=False)
     for i in range(start, start + count):
@@ -68,11 +58,11 @@ def main() -> None:
     args = parser.parse_args()
     targets = sorted(args.calls or [10_000, 100_000, 1_000_000])
     print(f"# swarm cost latency, {machine()}, swarm {revision()}")
-    run = SwarmRun("costbench", "w:\n  model: claude-haiku-4-5\n  workers: 1\n")
+    run = bench_swarm("costbench", "w:\n  model: claude-haiku-4-5\n  workers: 1\n")
     rows = []
     try:
-        run.start(1)
-        client = run.client()
+        run.start(workers=1)
+        client = run.redis()
         rng = random.Random(1)
         base = int(client.info("memory")["used_memory"])
         done = 0
@@ -100,7 +90,7 @@ def main() -> None:
                          "ledger fields", "Redis bytes per call", "fill s"], rows[-1:]),
                   flush=True)
     finally:
-        run.close()
+        run.stop()
     print()
     print(table(["recorded calls", "swarm cost ms, median (max)", "--by task ms",
                  "--since 1h --by pool ms", "read+aggregate in process ms", "ledger fields",

@@ -1,6 +1,6 @@
 """Supervisor CPU and Redis traffic with idle workers (goal: < 2% of one core for 64).
 
-    /work/venv/bin/python bench/idle_supervisor.py [--workers 64] [--seconds 60]
+    python -m bench.idle_supervisor [--workers 64] [--seconds 60]
 
 Starts ``swarm up -d`` with one pool of ``--workers`` idle workers and the example
 heartbeat (expiry 15s, interval 5s), waits ``--settle`` seconds after every worker has
@@ -29,21 +29,10 @@ import statistics
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    MachineLoad,
-    SwarmRun,
-    machine,
-    mib,
-    pool_yaml,
-    sigterm_exits,
-    table,
-)
+from bench._common import MachineLoad, bench_swarm, machine, mib, pool_yaml, sigterm_exits, table
 
 OWN_COMMANDS = {"info", "client", "ping", "auth", "hello", "monitor"}  # ours, not the swarm's
 
@@ -105,13 +94,13 @@ def main() -> None:
     tick = min(0.5, args.expiry / 4)
 
     print(machine())
-    run = SwarmRun("idle", pool_yaml("idle", args.workers, expiry=f"{args.expiry:g}s"))
+    run = bench_swarm("idle", pool_yaml("idle", args.workers, expiry=f"{args.expiry:g}s"))
     try:
-        run.start(args.workers)
+        run.start(workers=args.workers)
         print(f"{args.workers} workers up in {run.startup_seconds:.1f}s "
               f"(swarm up -d); settling {args.settle:g}s", file=sys.stderr)
         time.sleep(args.settle)
-        client = run.client()
+        client = run.redis()
         sup = psutil.Process(run.pid)
         redis_proc = psutil.Process(run.redis_pid())
         pids = run.worker_pids()
@@ -152,7 +141,7 @@ def main() -> None:
                 meter.sample()
             sweeps.append(time.perf_counter() - start)
     finally:
-        run.close()
+        run.stop()
 
     pct = [100 * (b - a) / wall for a, b in zip(cpu0, cpu1)]
     print(f"\nsettings: {args.workers} workers, heartbeat expiry {args.expiry:g}s, interval "

@@ -1,14 +1,14 @@
 """One Redis, many hosts of one swarm (issue 10): how fast a host's running tasks run
 again elsewhere after it loses power, and what idle hosts cost Redis.
 
-    /work/main/.venv/bin/python bench/multihost.py     # ~9 min
+    python -m bench.multihost     # ~9 min
 
 A smoke run (~1 min): add ``--cuts 2 --latency 10 --hosts 1,2 --settle 3 --window 5``.
 
 Everything runs against one real redis-server on loopback with a password
-(tests/hosts.py's SharedRedis), and every host is `swarm up` from a folder of its own;
+(tests/harness/hosts.py's SharedRedis), and every host is `swarm up` from a folder of its own;
 as root, each host also has its own hostname and pid namespace, so a power cut SIGKILLs
-its supervisor and all its workers at the same instant (tests/hosts.py's Host).
+its supervisor and all its workers at the same instant (tests/harness/hosts.py's Host).
 
 1. Power cut → the host's tasks running again elsewhere, ``--cuts`` times. Hosts h-a
    (2 workers x concurrency 2) and h-b (2 workers x concurrency 8) run one swarm, with
@@ -50,26 +50,13 @@ from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (
-    ROOT,
-    MachineLoad,
-    keys,
-    machine,
-    pct,
-    sigterm_exits,
-    table,
-    wait_for,
-)
-
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fake_api import FakeAPI, Reply, Request, last_user_text, text_reply
-from hosts import Host, SharedRedis, can_unshare, pool_text, spec_for
-
+from bench._common import MachineLoad, machine, pct, sigterm_exits, table
 from launcher.client import Swarm
 from launcher.costs import read_counters
+from tests.harness.fake_api import FakeAPI, Reply, Request, last_user_text, text_reply
+from tests.harness.hosts import Host, SharedRedis, can_unshare, pool_text, spec_for
+from tests.harness.procs import wait_for
+from workers import keys
 
 SWARM = "mh"
 POOL = "a"

@@ -1,9 +1,12 @@
 """``python -m launcher.cli`` with the supervisor's preload changed, for what-if
 measurements in bench/worker_memory.py. Not part of swarm; the product is not changed.
 
-    SWARM_BENCH_GC_FREEZE=1 python bench/patched_launcher.py up SPEC
-    SWARM_BENCH_NO_SDK=1    python bench/patched_launcher.py up SPEC
-    SWARM_BENCH_PRELOAD_ALL=1 python bench/patched_launcher.py up SPEC
+    SWARM_BENCH_GC_FREEZE=1 python -m bench.patched_launcher up SPEC
+    SWARM_BENCH_NO_SDK=1    python -m bench.patched_launcher up SPEC
+    SWARM_BENCH_PRELOAD_ALL=1 python -m bench.patched_launcher up SPEC
+
+(with the checkout on PYTHONPATH and ``-P``, as the benchmarks start it:
+bench/_common.py's ``PATCHED_LAUNCHER``).
 
 * SWARM_BENCH_GC_FREEZE=1: after the preload, ``gc.collect()`` then ``gc.freeze()``, so
   the objects the forks inherit are never scanned (written to) by a child's garbage
@@ -13,7 +16,11 @@ measurements in bench/worker_memory.py. Not part of swarm; the product is not ch
   (``workers.tasks``, ``workers.agent``, ``workers.tools`` and, through a throw-away
   ``AsyncAnthropic`` client, the HTTP stack it pulls in).
 
-(The file name contains "launcher" because ``StateDir.live_pid`` recognises the
+The shipped supervisor (``launcher.up._preload``) has since come to preload all of this
+and to freeze the collector itself, so today SWARM_BENCH_GC_FREEZE and
+SWARM_BENCH_PRELOAD_ALL add nothing to it; SWARM_BENCH_NO_SDK still takes from it.
+
+(The module name contains "launcher" because ``StateDir.live_pid`` once recognised the
 supervisor by that word in its command line.)
 """
 
@@ -21,21 +28,17 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import launcher.up as up  # noqa: E402
+import launcher.up as up
 
 _original = up._preload
 
 
-def _preload() -> None:
+def _preload(spec: object) -> None:
     if os.environ.get("SWARM_BENCH_NO_SDK") == "1":
         import workers.worker  # noqa: F401
     else:
-        _original()
+        _original(spec)  # type: ignore[arg-type]
     if os.environ.get("SWARM_BENCH_PRELOAD_ALL") == "1":
         import anthropic
 
@@ -49,7 +52,7 @@ def _preload() -> None:
         gc.freeze()
 
 
-up._preload = _preload
+up._preload = _preload  # type: ignore[assignment]
 
 if __name__ == "__main__":
     from launcher.cli import app

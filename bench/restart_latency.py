@@ -1,6 +1,6 @@
 """Crash-to-replacement and hang-to-replacement latency: swarm vs supervisord.
 
-    /work/venv/bin/python bench/restart_latency.py [--events 20] [--expiry 3] [--gap 2]
+    python -m bench.restart_latency [--events 20] [--expiry 3] [--gap 2]
 
 What is measured, for one worker slot, event after event:
 
@@ -15,14 +15,14 @@ What is measured, for one worker slot, event after event:
   *last* beat, which was up to one interval before the SIGSTOP, so a latency a little
   under the expiry is normal. SIGSTOP also sends the parent a SIGCHLD (CLD_STOPPED),
   which wakes swarm's supervisor, so the same is done a second way, as a real hang:
-  SIGUSR1, which the on_start hook bench/hooks.py:block_on_usr1 turns into a blocked
+  SIGUSR1, which the on_start hook tests.harness.hooks:block_on_usr1 turns into a blocked
   event loop.
 
 swarm runs the worker as its supervisor's fork (``swarm up -d``); supervisord runs the
-same worker as a fresh interpreter (bench/standalone_worker.py, with autorestart) against
+same worker as a fresh interpreter (``python -m bench.standalone_worker``, with autorestart) against
 a separate embedded Redis. supervisord has no notion of a heartbeat, so for the hang it
 is shown that it never replaces the worker within 2x expiry. A what-if crash run starts
-swarm's supervisor through bench/patched_launcher.py with SWARM_BENCH_PRELOAD_ALL=1 (it
+swarm's supervisor through ``python -m bench.patched_launcher`` with SWARM_BENCH_PRELOAD_ALL=1 (it
 also preloads what a worker imports at boot), to show what that preload gap costs.
 Where the time goes is read from swarm's event stream and supervisord's log.
 
@@ -52,25 +52,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    BENCH,
-    PYTHON,
+from bench._common import (
+    PATCHED_LAUNCHER,
     LoneRedis,
     MachineLoad,
-    SwarmRun,
-    keys,
+    bench_swarm,
     kill_leftovers,
     machine,
     ms,
     pool_yaml,
     sigterm_exits,
     standalone_cmd,
+    standalone_env,
     summary,
     table,
-    wait_for,
 )
+from tests.harness.procs import PYTHON, wait_for
+from workers import keys
 
 SUPERVISORD = str(Path(PYTHON).with_name("supervisord"))
 SUPERVISORCTL = str(Path(PYTHON).with_name("supervisorctl"))
@@ -163,7 +161,7 @@ def crash_events(watch: BeatWatch, n: int, gap: float, label: str) -> list[dict[
 def hang_events(watch: BeatWatch, n: int, gap: float, expiry: float, wait: float,
                 label: str, expect_replacement: bool, mode: str = "sigstop") -> list[dict[str, Any]]:
     """mode "sigstop": SIGSTOP the worker; "blocked": SIGUSR1, which blocks its event loop
-    (bench/hooks.py:block_on_usr1 must be its on_start hook)."""
+    (tests.harness.hooks:block_on_usr1 must be its on_start hook)."""
     results = []
     for i in range(n):
         pid, last_beat = watch.current()
@@ -200,40 +198,40 @@ def hang_events(watch: BeatWatch, n: int, gap: float, expiry: float, wait: float
 
 def swarm_events(args: argparse.Namespace, preload_all: bool = False) -> dict[str, Any]:
     """``preload_all``: what-if run, crashes only, with the supervisor started through
-    bench/patched_launcher.py so it also preloads what a worker imports at boot."""
+    ``python -m bench.patched_launcher`` so it also preloads what a worker imports at boot."""
     pools = pool_yaml("w", 1, expiry=f"{args.expiry:g}s", backoff_initial=args.backoff_initial,
                       backoff_max="30s", max_restarts=1000, window="10s", reset_after="1s",
-                      on_start="hooks:block_on_usr1")
-    env = {"PYTHONPATH": str(BENCH)}
+                      on_start="tests.harness.hooks:block_on_usr1")
+    env: dict[str, str] = {}
     launcher = None
     if preload_all:
         env["SWARM_BENCH_PRELOAD_ALL"] = "1"
-        launcher = [PYTHON, str(BENCH / "patched_launcher.py")]
-    run = SwarmRun("rl", pools, kill_grace="1s", env=env, launcher=launcher)
+        launcher = PATCHED_LAUNCHER
+    run = bench_swarm("rl", pools, kill_grace="1s", env=env, launcher=launcher)
     watch = None
     label = "swarm" + (" (preload all)" if preload_all else "")
     try:
-        run.start(1)
-        watch = BeatWatch(run.client(), "rl", keys.worker_id("rl", run_host(), "w-1"))
+        run.start(workers=1)
+        watch = BeatWatch(run.redis(), "rl", keys.worker_id("rl", run_host(), "w-1"))
         print(f"{label}: supervisor pid {run.pid}, worker pid {watch.current()[0]}",
               file=sys.stderr)
         crash = crash_events(watch, args.events, args.gap, label)
         if preload_all:
-            events = [fields for _, fields in run.client().xrange(keys.events("rl"))]
+            events = [fields for _, fields in run.redis().xrange(keys.events("rl"))]
             return {"crash": crash, "hang": [], "blocked": [], "events": events}
         hang = hang_events(watch, args.hang_events, args.gap, args.expiry,
                            wait=3 * args.expiry + 10, label="swarm", expect_replacement=True)
         blocked = hang_events(watch, args.hang_events, args.gap, args.expiry,
                               wait=3 * args.expiry + 10, label="swarm", expect_replacement=True,
                               mode="blocked")
-        events = [fields for _, fields in run.client().xrange(keys.events("rl"))]
+        events = [fields for _, fields in run.redis().xrange(keys.events("rl"))]
         status = run.status()["workers"][0]
         return {"crash": crash, "hang": hang, "blocked": blocked, "events": events,
                 "status": status}
     finally:
         if watch:
             watch.close()
-        run.close()
+        run.stop()
 
 
 def swarm_breakdown(result: dict[str, Any], expiry: float, hang_key: str = "hang"
@@ -311,7 +309,7 @@ stdout_logfile={tmp}/w.log
 
 def supervisord_events(args: argparse.Namespace, n_hang: int) -> dict[str, Any]:
     if not Path(SUPERVISORD).exists():
-        raise SystemExit("supervisord is not installed: /work/venv/bin/pip install supervisor")
+        raise SystemExit("supervisord is not installed: .venv/bin/pip install -e '.[bench]'")
     tmp = Path(tempfile.mkdtemp(prefix="swarm-bench-sv-"))
     redis_server = supervisord = watch = None
     try:
@@ -322,7 +320,7 @@ def supervisord_events(args: argparse.Namespace, n_hang: int) -> dict[str, Any]:
         conf.write_text(SUPERVISORD_CONF.format(tmp=tmp, command=command))
         client = redis_server.client()
         watch = BeatWatch(client, "svbench", "w-1")
-        env = dict(os.environ, SWARM_REDIS_PASSWORD=redis_server.password)
+        env = standalone_env(redis_server.password)
         with open(tmp / "supervisord.out", "wb") as out:
             supervisord = subprocess.Popen([SUPERVISORD, "-c", str(conf)], cwd=tmp, env=env,
                                            stdin=subprocess.DEVNULL, stdout=out,

@@ -1,7 +1,7 @@
 """How swarm scales: idle CPU, Redis traffic, memory and CLI latency at 1 to 256 workers.
 
-    /work/venv/bin/python bench/scale.py [--workers 1,16,64,256] [--seconds 30] [--calls 10000]
-    /work/venv/bin/python bench/scale.py --plot-only docs/scale.json   # redraw docs/scale.png
+    python -m bench.scale [--workers 1,16,64,256] [--seconds 30] [--calls 10000]
+    python -m bench.scale --plot-only docs/scale.json   # redraw docs/scale.png
 
 For each size, a fresh ``swarm up -d`` with one pool of that many idle workers (the
 example heartbeat: expiry 15 s, interval 5 s, as bench/idle_supervisor.py, so the
@@ -48,14 +48,10 @@ from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (
-    ROOT,
+from bench._common import (
     SWARM_SCRIPT,
     MachineLoad,
-    SwarmRun,
-    keys,
+    bench_swarm,
     machine,
     pool_yaml,
     revision,
@@ -64,10 +60,10 @@ from _common import (
     table,
     time_runs,
 )
-from idle_supervisor import OWN_COMMANDS, command_calls, cpu_seconds
-from idle_supervisor import attribute as by_sender
-
-from workers import scripts
+from bench.idle_supervisor import OWN_COMMANDS, command_calls, cpu_seconds
+from bench.idle_supervisor import attribute as by_sender
+from tests.harness.procs import ROOT
+from workers import keys, ledger_scripts
 
 POOL = "scale"
 MODEL = "claude-haiku-4-5"
@@ -113,7 +109,7 @@ def fill_ledger(client: Any, name: str, workers: list[str], calls: int,
     """``calls`` API calls recorded through the workers' RECORD script, pipelined: the
     token and cost distributions of bench/cost_report.py's ``record()``, 1.5 calls per
     task, over the last hour's minute buckets, but over this swarm's own workers."""
-    sha = client.script_load(scripts.RECORD)
+    sha = client.script_load(ledger_scripts.RECORD)
     now = time.time()
     pipe = client.pipeline(transaction=False)
     for i in range(calls):
@@ -161,13 +157,13 @@ def memory(pids: list[int], sup: psutil.Process, redis_proc: psutil.Process) -> 
 
 
 def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    run = SwarmRun(POOL, pool_yaml(POOL, n, expiry=f"{EXPIRY:g}s"))
+    run = bench_swarm(POOL, pool_yaml(POOL, n, expiry=f"{EXPIRY:g}s"))
     try:
-        run.start(n)
+        run.start(workers=n)
         print(f"  {n} workers up in {run.startup_seconds:.1f}s (swarm up -d); settling "
               f"{args.settle:g}s", file=sys.stderr)
         time.sleep(args.settle)
-        client = run.client()
+        client = run.redis()
         sup = psutil.Process(run.pid)
         redis_proc = psutil.Process(run.redis_pid())
         pids = run.worker_pids()
@@ -244,7 +240,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "load_cli": cli_report,
         }
     finally:
-        run.close()
+        run.stop()
 
 
 # --- output ------------------------------------------------------------------------

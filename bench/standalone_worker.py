@@ -3,8 +3,11 @@
 forked workers. It runs exactly ``workers.worker.run`` with a ``WorkerConfig``, like a
 forked worker, and heartbeats the same keys.
 
-    SWARM_REDIS_PASSWORD=... python bench/standalone_worker.py WORKER_ID REDIS_URL \
+    SWARM_REDIS_PASSWORD=... python -m bench.standalone_worker WORKER_ID REDIS_URL \
         [--swarm NAME] [--pool POOL] [--expiry SECONDS] [--interval SECONDS]
+
+(from the checkout, or from anywhere with the checkout on PYTHONPATH, as the benchmarks
+start it: bench/_common.py's ``standalone_cmd`` and ``standalone_env``).
 
 It imports what swarm's supervisor preloads before forking (``workers.worker`` and the
 ``anthropic`` SDK), then runs the worker, which imports the rest itself at boot, as a
@@ -16,9 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:
@@ -33,11 +33,11 @@ def main() -> int:
     parser.add_argument("--model", default="claude-haiku-4-5")
     args = parser.parse_args()
 
+    import anthropic  # noqa: F401 - what swarm's supervisor preloads for its forks
+
     import workers.worker
     from workers.config import WorkerConfig
     from workers.redis_target import RedisTarget
-
-    import anthropic  # noqa: F401 - what swarm's supervisor preloads for its forks
 
     target = RedisTarget.parse(args.redis_url)
     password = os.environ.get("SWARM_REDIS_PASSWORD") or target.password

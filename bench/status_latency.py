@@ -1,6 +1,6 @@
 """`swarm status` wall time with 200 worker slots (goal: < 300 ms).
 
-    /work/venv/bin/python bench/status_latency.py [--workers 200] [--pools 4] [--runs 10]
+    python -m bench.status_latency [--workers 200] [--pools 4] [--runs 10]
 
 Starts ``swarm up -d`` with ``--workers`` idle workers split over ``--pools`` pools,
 then times, as separate processes the way a user runs them (the ``swarm`` console
@@ -27,14 +27,10 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    PYTHON,
+from bench._common import (
     SWARM_SCRIPT,
     MachineLoad,
-    SwarmRun,
-    cli_env,
+    bench_swarm,
     machine,
     mib,
     ms,
@@ -44,6 +40,7 @@ from _common import (  # noqa: E402
     table,
     time_runs,
 )
+from tests.harness.procs import PYTHON, cli_env
 
 PER_WORKER_GUESS = 25 * 2**20  # own (unshared) memory per forked worker, generous
 
@@ -84,9 +81,9 @@ def main() -> None:
     sizes = [args.workers // args.pools + (1 if i < args.workers % args.pools else 0)
              for i in range(args.pools)]
     pools = "".join(pool_yaml(f"p{i + 1}", n) for i, n in enumerate(sizes) if n)
-    run = SwarmRun("st", pools)
+    run = bench_swarm("st", pools)
     try:
-        run.start(args.workers)
+        run.start(workers=args.workers)
         print(f"{args.workers} workers up in {run.startup_seconds:.1f}s; settling "
               f"{args.settle:g}s", file=sys.stderr)
         time.sleep(args.settle)
@@ -113,10 +110,11 @@ def main() -> None:
         sup_cpu = 100 * (sum(sup.cpu_times()[:2]) - sup_cpu0) / (time.monotonic() - t0)
         load_report = load.report()
 
-        from launcher.status import collect, render
         from rich.console import Console
 
-        client = run.client()
+        from launcher.status import collect, render
+
+        client = run.redis()
         collect(client, run.name)
         collect_times, render_times = [], []
         for _ in range(50):
@@ -136,7 +134,7 @@ def main() -> None:
             dumps_times.append(time.perf_counter() - start)
         imports = import_breakdown(run.folder)
     finally:
-        run.close()
+        run.stop()
 
     print(f"\nsettings: {args.workers} workers in {len(sizes)} pools ({'/'.join(map(str, sizes))}); "
           f"{args.runs} timed runs after one warm-up, as subprocesses with output to a pipe; "

@@ -1,13 +1,13 @@
 """End-to-end tasks per second: swarm with 2 worker processes, each task one Messages API
-call through the real ``anthropic`` SDK to the fake server (tests/fake_api.py, its own
+call through the real ``anthropic`` SDK to the fake server (tests/harness/fake_api.py, its own
 process, TCP_NODELAY) at 0 s and 1 s latency, by concurrency per worker.
 
 Also the swarm's own CPU per task at 0 s latency: the CPU of the workers, the supervisor
 and Redis per task, minus what the SDK call alone costs on the client side (measured in
 the same run by a bare AsyncAnthropic loop against the same server).
 
-    python bench/throughput.py                       # full table (a few minutes)
-    python bench/throughput.py --latency 1 --concurrency 256 --tasks 3000
+    python -m bench.throughput                       # full table (a few minutes)
+    python -m bench.throughput --latency 1 --concurrency 256 --tasks 3000
 """
 
 from __future__ import annotations
@@ -17,23 +17,22 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SwarmRun, machine, revision, sigterm_exits, table, wait_for  # noqa: E402
+from bench._common import bench_swarm, machine, mem_of, revision, sigterm_exits, table
+from tests.harness.procs import checkout_env, wait_for
+from workers import keys
 
-from workers import keys  # noqa: E402
-
-FAKE = str(ROOT / "tests" / "fake_api.py")
+FAKE = ["-P", "-m", "tests.harness.fake_api"]  # run with checkout_env()
 
 
 class FakeServer:
     def __init__(self, latency: float) -> None:
-        self.proc = subprocess.Popen([sys.executable, FAKE, "--port", "0", "--latency",
-                                      str(latency)], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, *FAKE, "--port", "0", "--latency",
+                                      str(latency)], stdout=subprocess.PIPE, text=True,
+                                     env=checkout_env())
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if "listening on" not in line:
             raise RuntimeError(f"fake API did not start: {line!r}")
@@ -64,15 +63,19 @@ def cpu_of(pids: list[int]) -> float:
     return total
 
 
-def run_swarm(latency: float, concurrency: int, tasks: int, workers: int = 2) -> dict[str, Any]:
+def run_swarm(latency: float, concurrency: int, tasks: int, workers: int = 2,
+              redis_url: str | None = None) -> dict[str, Any]:
+    """``redis_url``: the swarm uses that Redis (SWARM_REDIS_URL), not its own."""
     server = FakeServer(latency)
-    run = SwarmRun("tput", pool(workers, concurrency),
-                   env={"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "bench"})
+    env = {"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "bench"}
+    if redis_url:
+        env["SWARM_REDIS_URL"] = redis_url
+    run = bench_swarm("tput", pool(workers, concurrency), env=env)
     try:
-        run.start(workers)
+        run.start(workers=workers)
         from launcher.client import Swarm
 
-        client = run.client()
+        client = run.redis()
         api = Swarm("tput", client)
         worker_pids = list(run.worker_pids().values())
         redis_pid = run.redis_pid()
@@ -99,6 +102,11 @@ def run_swarm(latency: float, concurrency: int, tasks: int, workers: int = 2) ->
         end_to_end = [float(m[2]) - float(m[0]) for m in metas if m[0] and m[2]]
         rss = sum(psutil.Process(p).memory_info().rss for p in worker_pids
                   if psutil.pid_exists(p))
+        # the trees' memory, just before the swarm is shut down (bench/peers/throughput.py)
+        workers_rss, workers_pss = mem_of(list(run.worker_pids().values()))
+        tree_rss = mem_of([run.pid])[0] if run.pid else 0
+        memory = {"rss": workers_rss, "pss": workers_pss,
+                  "supervisor_rss": tree_rss - workers_rss}
         return {
             "latency": latency, "concurrency": concurrency, "tasks": tasks,
             "failed": failed, "tasks_per_s": tasks / (last - first), "wall": wall,
@@ -106,9 +114,10 @@ def run_swarm(latency: float, concurrency: int, tasks: int, workers: int = 2) ->
             "service_p50": statistics.median(service), "service_p95": _pct(service, 95),
             "e2e_p50": statistics.median(end_to_end), "e2e_p95": _pct(end_to_end, 95),
             "cpu": {k: after[k] - before[k] for k in groups}, "worker_rss": rss,
+            "memory": memory,
         }
     finally:
-        run.close()
+        run.stop()
         server.close()
 
 

@@ -5,7 +5,7 @@ walked by descriptor, writes by rename, regexes on the ``regex`` package), side 
 in interleaved rounds; and the start-up time of a sandboxed shell command against the
 same command unsandboxed.
 
-    .venv/bin/python bench/tools_confinement.py [--rounds 5] [--calls 300]
+    .venv/bin/python -m bench.tools_confinement [--rounds 5] [--calls 300]
 
 Prints Markdown tables. Latency is per call through ``Toolbox.run`` (the worker's own
 path: a coroutine that hops to a thread), median of the rounds' medians.
@@ -26,10 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from workers.tools import Toolbox, ToolSettings  # noqa: E402
+from tests.harness.procs import ROOT
+from workers.tools import Toolbox, ToolSettings
 
 BEFORE = "d78a631"
 
@@ -38,13 +36,17 @@ def old_tools() -> Any:
     """workers/tools.py as it was at BEFORE, imported as a module of its own."""
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:workers/tools.py"],
                             capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="old-tools-")) / "old_tools.py"
+    folder = Path(tempfile.mkdtemp(prefix="old-tools-"))
+    path = folder / "old_tools.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_tools", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["old_tools"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    try:
+        spec = importlib.util.spec_from_file_location("old_tools", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["old_tools"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return module
 
 

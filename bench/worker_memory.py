@@ -1,6 +1,6 @@
 """Memory per worker: swarm's forked workers vs workers started as fresh interpreters.
 
-    /work/venv/bin/python bench/worker_memory.py [--workers 16] [--settle 30]
+    python -m bench.worker_memory [--workers 16] [--settle 30]
 
 For each variant, ``--workers`` idle workers are started and, once every one has
 beaten, their memory is read with psutil ``memory_full_info()`` twice: 2 s after they
@@ -18,7 +18,7 @@ Variants:
 1. swarm as shipped: ``swarm up -d``; the supervisor imports ``workers.worker`` and the
    ``anthropic`` SDK, then forks.
 2. the same, but each worker runs one full ``gc.collect()`` at boot (on_start hook
-   bench/hooks.py:full_gc): what any long-running worker eventually does by itself, and
+   tests.harness.hooks:full_gc): what any long-running worker eventually does by itself, and
    which writes to every inherited object, so their pages get copied.
 3. as 2, but the supervisor calls ``gc.freeze()`` after its preload
    (bench/patched_launcher.py), so inherited objects are out of the child's collector's
@@ -26,7 +26,7 @@ Variants:
 4. as 3, and the supervisor also preloads what a worker imports at boot after the fork
    (``workers.tasks``, ``workers.agent``, ``workers.tools``, the SDK's HTTP stack).
 5. swarm, supervisor does not preload the SDK (the worker imports it after the fork).
-6. fresh interpreters: ``python bench/standalone_worker.py`` as plain subprocesses (what
+6. fresh interpreters: ``python -m bench.standalone_worker`` as plain subprocesses (what
    supervisord would start), importing the same modules.
 
 Workers get a dummy ANTHROPIC_API_KEY so they build their SDK client at boot as in real
@@ -36,7 +36,6 @@ use (no request is made: no task is submitted).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -48,25 +47,21 @@ from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    BENCH,
-    PYTHON,
+from bench._common import (
+    PATCHED_LAUNCHER,
     LoneRedis,
     MachineLoad,
-    SwarmRun,
-    keys,
+    bench_swarm,
     kill_leftovers,
     machine,
     pool_yaml,
     sigterm_exits,
     standalone_cmd,
+    standalone_env,
     table,
-    wait_for,
 )
-
-PATCHED = [PYTHON, str(BENCH / "patched_launcher.py")]
+from tests.harness.procs import wait_for
+from workers import keys
 
 
 def snapshot(pids: list[int], supervisor: int | None) -> dict[str, Any]:
@@ -86,18 +81,19 @@ def forked(n: int, settle: float, patch: dict[str, str] | None = None,
            full_gc: bool = False) -> dict[str, Any]:
     """``patch``: run the supervisor through bench/patched_launcher.py with these
     settings; ``full_gc``: each worker does one full collection at boot."""
-    env = {"PYTHONPATH": str(BENCH), **(patch or {})}
-    run = SwarmRun("mem", pool_yaml("m", n, on_start="hooks:full_gc" if full_gc else None),
-                   launcher=PATCHED if patch else None, env=env)
+    env = dict(patch or {})
+    hook = "tests.harness.hooks:full_gc" if full_gc else None
+    run = bench_swarm("mem", pool_yaml("m", n, on_start=hook),
+                   launcher=PATCHED_LAUNCHER if patch else None, env=env)
     try:
-        run.start(n)
+        run.start(workers=n)
         up = run.startup_seconds
         pids = list(run.worker_pids().values())
         snaps = measure(pids, run.pid, settle)
         assert sorted(run.worker_pids().values()) == sorted(pids), "a worker restarted"
         return {"snaps": snaps, "up": up}
     finally:
-        run.close()
+        run.stop()
 
 
 def fresh(n: int, settle: float) -> dict[str, Any]:
@@ -107,7 +103,7 @@ def fresh(n: int, settle: float) -> dict[str, Any]:
     try:
         redis_server = LoneRedis(tmp)
         client = redis_server.client()
-        env = dict(os.environ, SWARM_REDIS_PASSWORD=redis_server.password)
+        env = standalone_env(redis_server.password)
         start = time.perf_counter()
         with open(tmp / "workers.log", "wb") as log:
             for i in range(1, n + 1):

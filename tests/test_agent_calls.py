@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from fake_api import FakeAPI, text_reply
+from tests.harness.fake_api import FakeAPI, text_reply
 from workers.agent import Agent
 from workers.payload import Task
 from workers.tools import Toolbox, ToolSettings

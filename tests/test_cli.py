@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Swarm, cli_env, fast_spec, pool, processes_under, wait_for
 from launcher.redis_server import EmbeddedRedis
 from launcher.state import StateDir
+from tests.harness.procs import cli_env, processes_under, wait_for
+from tests.harness.swarm import SwarmRun, fast_spec, pool
 from workers import keys
 
 
@@ -62,7 +63,7 @@ def test_up_detached_status_logs_down(make_swarm):
 
 
 def test_status_without_any_swarm_is_one_line(tmp_path: Path):
-    swarm = Swarm(tmp_path, "pools: {}\n")
+    swarm = SwarmRun(tmp_path, "pools: {}\n")
     result = swarm.cli("status")
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
@@ -131,7 +132,7 @@ def test_up_against_an_existing_redis_url(tmp_path: Path, make_swarm):
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "unix:///nonexistent/redis.sock"])
 def test_unreachable_redis_is_one_line_and_exit_1(tmp_path: Path, url: str):
-    swarm = Swarm(tmp_path, fast_spec(pool("a"), extra=f"redis: {url}\n"))
+    swarm = SwarmRun(tmp_path, fast_spec(pool("a"), extra=f"redis: {url}\n"))
     result = swarm.cli("up", "swarm.yaml")
     assert result.returncode == 1
     assert result.stderr.startswith(f"swarm: cannot reach Redis at {url}")
@@ -140,7 +141,7 @@ def test_unreachable_redis_is_one_line_and_exit_1(tmp_path: Path, url: str):
 
 
 def test_up_with_a_bad_spec_exits_2_with_file_line_and_field(tmp_path: Path):
-    swarm = Swarm(tmp_path, "pools:\n  haiku:\n    model: m\n    workers: 0\n")
+    swarm = SwarmRun(tmp_path, "pools:\n  haiku:\n    model: m\n    workers: 0\n")
     result = swarm.cli("up", "swarm.yaml")
     assert result.returncode == 2
     assert result.stderr.strip() == "swarm: swarm.yaml:4: pools.haiku.workers: must be >= 1"

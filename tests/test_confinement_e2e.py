@@ -13,8 +13,9 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import api_env, cli_env, fast_spec, pool, wait_for
-from fake_api import text_reply, tool_use_reply
+from tests.harness.fake_api import text_reply, tool_use_reply
+from tests.harness.procs import cli_env, wait_for
+from tests.harness.swarm import api_env, fast_spec, pool
 
 MARK = "ATTACK "
 
@@ -108,7 +109,7 @@ def test_attacks_through_a_real_swarm_are_refused_and_the_worker_lives_on(
     assert json.loads(plain.stdout)["result"] == "plain task done"
     worker = swarm.workers()["w-1"]
     assert str(worker["restarts"]) == "0" and str(worker["generation"]) == "1", worker
-    assert not swarm.events("hung")
+    assert not swarm.events("hang")
 
 
 def test_the_sandboxed_shell_through_a_real_swarm(make_swarm: Any, fake_api: Any,

@@ -9,16 +9,23 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import anthropic
 import pytest
 
-from fake_api import (FakeAPI, Faults, Reply, count_input_tokens, error_reply,
-                      spend_limit_reply, text_reply, tool_use_reply)
+from tests.harness.fake_api import (
+    FakeAPI,
+    Faults,
+    Reply,
+    count_input_tokens,
+    error_reply,
+    spend_limit_reply,
+    text_reply,
+    tool_use_reply,
+)
+from tests.harness.procs import checkout_env
 
-HERE = Path(__file__).resolve().parent
 USER = [{"role": "user", "content": "hello"}]
 
 
@@ -326,8 +333,9 @@ def test_stop_closes_connections(make_api: Callable[..., FakeAPI]) -> None:
 
 
 def test_runs_as_its_own_process() -> None:
-    proc = subprocess.Popen([sys.executable, str(HERE / "fake_api.py"), "--port", "0",
-                             "--latency", "0.05"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.harness.fake_api", "--port", "0",
+                             "--latency", "0.05"], stdout=subprocess.PIPE, text=True,
+                            env=checkout_env())
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()

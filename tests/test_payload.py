@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from workers.payload import PayloadError, Task, dump, parse, route
@@ -46,11 +46,26 @@ def test_any_json(value: object) -> None:
     check(json.dumps(value))
 
 
-@given(st.dictionaries(st.sampled_from(["description", "files", "pool", "x"]), json_values))
+@given(st.dictionaries(st.sampled_from(["description", "files", "pool", "x"]),
+                       json_values | st.sampled_from(["default", "other", "missing"])))
 @settings(max_examples=300, deadline=None)
 def test_any_object_with_the_known_fields(value: dict) -> None:
     check(json.dumps(value))
-    route(json.dumps(value), "default", ("default", "other"))
+    # the pool it asks for if that pool exists, the default pool otherwise
+    wanted = value.get("pool")
+    expected = wanted if wanted in ("default", "other") else "default"
+    assert route(json.dumps(value), "default", ("default", "other")) == expected
+
+
+@given(st.text() | st.binary().map(lambda b: b.decode("latin-1")))
+@settings(max_examples=200, deadline=None)
+def test_route_of_anything_that_is_not_an_object_is_the_default_pool(raw: str) -> None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        value = None
+    assume(not isinstance(value, dict))  # (the test above)
+    assert route(raw, "default", ("default", "other")) == "default"
 
 
 @pytest.mark.parametrize("raw, reason", [

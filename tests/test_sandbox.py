@@ -23,11 +23,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from procs import wait_for
+from tests.harness.procs import ROOT, wait_for
 from workers import sandbox
 from workers.sandbox import SandboxSpec
 
-ROOT = Path(__file__).resolve().parent.parent
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "SANDBOX_TEST": "yes"}
 PYTHON = (sys.base_prefix, sys.prefix)  # the interpreter running the tests, and its venv
 NOBODY = 65534
@@ -309,10 +308,10 @@ def test_probe_succeeds_here() -> None:
 
 def test_probe_says_why_it_cannot(work: Path) -> None:
     """Inside a sandbox no user namespace can be created: a real failure to probe."""
-    spec = SandboxSpec(str(work), env=ENV, readonly=(*PYTHON, str(ROOT / "workers")))
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from workers import sandbox; "
-            "print(sandbox.probe())")
-    done = run_argv(spec, [sys.executable, "-c", code])
+    spec = SandboxSpec(str(work), env={**ENV, "PYTHONPATH": str(ROOT)},
+                       readonly=(*PYTHON, str(ROOT / "workers")))
+    done = run_argv(spec, [sys.executable, "-c",
+                           "from workers import sandbox; print(sandbox.probe())"])
     assert done.returncode == 0, done
     reason = done.stdout.strip()
     assert "\n" not in reason

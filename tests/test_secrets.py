@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from conftest import fast_spec, pool, wait_for
-from fake_api import error_reply, text_reply, tool_use_reply
+from tests.harness.fake_api import error_reply, text_reply, tool_use_reply
+from tests.harness.swarm import fast_spec, pool
 
 API_KEY = "sk-ant-api03-SECRET-do-not-leak-7f3c9a"
 

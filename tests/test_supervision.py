@@ -10,8 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import fast_spec, pool, processes_under, wait_for
 from launcher.state import pid_alive
+from tests.harness.procs import processes_under, wait_for
+from tests.harness.swarm import fast_spec, pool
 from workers import keys
 
 
@@ -63,7 +64,7 @@ def test_stopped_worker_is_found_hung_killed_and_replaced(make_swarm):
 def test_slot_that_always_crashes_ends_fatal_while_the_rest_keep_running(make_swarm):
     spec = fast_spec(
         pool("good", workers=1)
-        + pool("bad", workers=1, max_restarts=2, extra="on_start: hooks:crash\n")
+        + pool("bad", workers=1, max_restarts=2, extra="on_start: tests.harness.hooks:crash\n")
     )
     swarm = make_swarm(spec).start(ready=False)
     wait_for(lambda: swarm.workers().get("bad-1", {}).get("state") == "fatal", 15,
@@ -85,7 +86,7 @@ def test_worker_over_its_memory_limit_is_restarted_alone(make_swarm):
     spec = fast_spec(
         pool("lean", workers=1)
         + pool("fat", workers=1, max_restarts=1,
-               extra="memory_limit: 150MiB\non_start: hooks:hog_memory\n"
+               extra="memory_limit: 150MiB\non_start: tests.harness.hooks:hog_memory\n"
                      "env: {SWARM_TEST_HOG_MB: '250'}\n")
     )
     swarm = make_swarm(spec).start(ready=False)
@@ -101,7 +102,7 @@ def test_worker_over_its_memory_limit_is_restarted_alone(make_swarm):
 def test_killing_the_supervisor_leaves_no_worker_alive(make_swarm, tmp_path: Path):
     pids_file = tmp_path / "children.txt"
     spec = fast_spec(pool("a", workers=3, extra=(
-        "on_start: hooks:spawn_child\n"
+        "on_start: tests.harness.hooks:spawn_child\n"
         f"env: {{SWARM_TEST_CHILD_PIDS: '{pids_file}'}}\n")))
     swarm = make_swarm(spec).start()
     workers = [row["pid"] for row in swarm.workers().values()]
@@ -121,7 +122,7 @@ def test_killing_the_supervisor_leaves_no_worker_alive(make_swarm, tmp_path: Pat
 def test_sigterm_stops_gracefully_and_leaves_nothing_running(make_swarm, tmp_path: Path):
     pids_file = tmp_path / "children.txt"
     spec = fast_spec(pool("a", workers=2, extra=(
-        "on_start: hooks:spawn_child\n"
+        "on_start: tests.harness.hooks:spawn_child\n"
         f"env: {{SWARM_TEST_CHILD_PIDS: '{pids_file}'}}\n")))
     swarm = make_swarm(spec).start()
     socket_path = Path(swarm.state.read_redis().url.removeprefix("unix://"))
@@ -152,7 +153,7 @@ def test_scale_adds_and_retires_without_touching_others(make_swarm):
     wait_for(lambda: sorted(swarm.workers()) == ["a-1", "b-1"], 10, "a-2..a-4 to retire")
     assert swarm.workers()["a-1"]["pid"] == before["a-1"]
     assert swarm.workers()["b-1"]["pid"] == before["b-1"]
-    assert not any(pid_alive(before["a-2"]) for _ in [0])
+    assert not pid_alive(before["a-2"])
     retired = [line for line in (swarm.folder / "logs" / "supervisor.log").read_text().splitlines()
                if " exit a-2" in line]
     assert retired and "clean=True" in retired[0]
@@ -221,7 +222,7 @@ def test_embedded_redis_killed_comes_back_from_its_append_only_file(make_swarm):
 
 
 def test_worker_whose_event_loop_is_blocked_is_found_hung(make_swarm):
-    spec = fast_spec(pool("a", workers=1, extra="on_start: hooks:block_loop_soon\n"))
+    spec = fast_spec(pool("a", workers=1, extra="on_start: tests.harness.hooks:block_loop_soon\n"))
     swarm = make_swarm(spec).start()
     first = swarm.workers()["a-1"]
     assert psutil.Process(first["pid"]).status() != psutil.STATUS_STOPPED

@@ -7,13 +7,13 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import api_env, fast_spec, pool, wait_for
-from fake_api import error_reply, text_reply, tool_use_reply
+from tests.harness.fake_api import error_reply, text_reply, tool_use_reply
+from tests.harness.procs import wait_for
+from tests.harness.swarm import api_env, fast_spec, pool
 from workers import keys
 
 SEED_FIELDS = {"finding_id", "worker_id", "timestamp", "task", "result", "files_changed",
@@ -386,7 +386,8 @@ def test_missing_api_key_is_said_at_up_and_in_each_finding(make_swarm, fake_api)
 
 
 def test_python_api_submit_many_wait_and_bad_input(make_swarm, fake_api):
-    from launcher.client import SubmitError, Swarm as Api
+    from launcher.client import SubmitError
+    from launcher.client import Swarm as Api
 
     swarm = make_swarm(fast_spec(pool("haiku", workers=1, extra="concurrency: 4\n")),
                        env=api_env(fake_api)).start()

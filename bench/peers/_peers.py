@@ -1,5 +1,5 @@
 """Helpers shared by bench/peers/throughput.py and bench/peers/recovery.py (runs in swarm's
-venv). The peers themselves (RQ, arq, Celery, Dramatiq) are bench-only dependencies: each
+venv, imported as ``bench.peers._peers``). The peers themselves (RQ, arq, Celery, Dramatiq) are bench-only dependencies: each
 lives in its own venv under /tmp/peer-venvs/<peer>, created here on first use with pinned
 versions, and is only ever run as a subprocess.
 """
@@ -23,12 +23,13 @@ from typing import Any
 
 import psutil
 
-PEERS_DIR = Path(__file__).resolve().parent
-BENCH = PEERS_DIR.parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+from bench._common import in_trees, kill_all, tree
+from tests.harness.procs import checkout_env
 
-from _common import ROOT, kill_all, machine, revision, table  # noqa: F401
+# The peers' own task modules (tasks_*.py, submit.py, peer_common.py) run in the peers'
+# venvs, where this checkout is not installed: as scripts from this folder, which their
+# PYTHONPATH names (peer_env).
+PEERS_DIR = Path(__file__).resolve().parent
 
 VENVS = Path(os.environ.get("PEER_VENVS", "/tmp/peer-venvs"))
 PIN = {
@@ -37,7 +38,7 @@ PIN = {
     "celery": ["celery[redis]==5.7.0", "gevent==26.9.0"],
     "dramatiq": ["dramatiq[redis]==2.2.1"],
 }
-FAKE_LOG = str(PEERS_DIR / "fake_api_log.py")
+FAKE_LOG = ["-P", "-m", "bench.peers.fake_api_log"]  # in swarm's venv, checkout_env()
 
 
 # --- peers' venvs -------------------------------------------------------------------
@@ -88,36 +89,6 @@ def request_template(model: str = "claude-haiku-4-5", max_tokens: int = 4096) ->
 
 
 # --- processes ----------------------------------------------------------------------
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        proc = psutil.Process(pid)
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def in_trees(pids: list[int]) -> list[psutil.Process]:
-    """Every process of the trees rooted at ``pids``, each once."""
-    seen: dict[int, psutil.Process] = {}
-    for pid in pids:
-        for proc in tree(pid):
-            seen.setdefault(proc.pid, proc)
-    return list(seen.values())
-
-
-def mem_of(pids: list[int]) -> tuple[int, int]:
-    """(RSS, PSS) in bytes of the process trees rooted at ``pids``."""
-    rss = pss = 0
-    for proc in in_trees(pids):
-        try:
-            info = proc.memory_full_info()
-            rss += info.rss
-            pss += getattr(info, "pss", info.rss)
-        except psutil.Error:
-            pass
-    return rss, pss
 
 
 def cpu_of_trees(pids: list[int]) -> float:
@@ -239,12 +210,13 @@ class Request:
 
 
 class FakeLog:
-    """tests/fake_api.py's server as its own process, printing each request it receives
+    """tests/harness/fake_api.py's server as its own process, printing each request it receives
     (time, client port, user text): how recovery.py sees a task run, and run again."""
 
     def __init__(self, procs: Procs, latency: float, name: str = "fake") -> None:
-        self.proc = procs.start([sys.executable, FAKE_LOG, "--port", "0", "--latency",
-                                 str(latency)], log=f"{name}.err", stdout=subprocess.PIPE)
+        self.proc = procs.start([sys.executable, *FAKE_LOG, "--port", "0", "--latency",
+                                 str(latency)], env=checkout_env(), log=f"{name}.err",
+                                stdout=subprocess.PIPE)
         line = self.proc.stdout.readline().decode() if self.proc.stdout else ""
         if "listening on" not in line:
             raise RuntimeError(f"fake API did not start: {line!r}")
@@ -304,8 +276,8 @@ def _mine() -> set[int]:
 
 
 def foreign_benchmarks() -> list[str]:
-    """Other people's benchmarks and tests running now (``bench/`` or pytest in the
-    command line), this benchmark's own processes excluded."""
+    """Other people's benchmarks and tests running now (``bench/``, ``-m bench.`` or
+    pytest in the command line), this benchmark's own processes excluded."""
     mine = _mine()
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
@@ -313,9 +285,9 @@ def foreign_benchmarks() -> list[str]:
             cmd = " ".join(proc.info["cmdline"] or [])
         except psutil.Error:
             continue
-        if proc.info["pid"] in mine or "bench/peers/" in cmd:
+        if proc.info["pid"] in mine or "bench/peers/" in cmd or "bench.peers." in cmd:
             continue
-        if "bench/" in cmd or "pytest" in cmd:
+        if "bench/" in cmd or "-m bench." in cmd or "pytest" in cmd:
             found.append(f"{proc.info['pid']} {cmd[:100]}")
     return found
 
@@ -352,12 +324,6 @@ class Quiet:
         seen = "; ".join(sorted(self.seen_during)) or "none seen"
         return (f"waited {self.waited:.0f} s for a quiet machine; other benchmarks/tests "
                 f"seen right after a measurement: {seen}")
-
-
-def pct(values: list[float], p: float) -> float:
-    from _common import pct as _pct
-
-    return _pct(values, p)
 
 
 @dataclass

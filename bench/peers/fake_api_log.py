@@ -1,8 +1,9 @@
-"""tests/fake_api.py as its own process (same options), printing one line per request
-to stdout: ``REQ <unix time> <client port> <last user text>``, so that a harness sees
-which task was called, when, and from which process (the client port is mapped to a pid).
+"""tests/harness/fake_api.py as its own process (same options), printing one line per
+request to stdout: ``REQ <unix time> <client port> <last user text>``, so that a harness
+sees which task was called, when, and from which process (the client port is mapped to a
+pid).
 
-    python bench/peers/fake_api_log.py --port 0 --latency 30
+    python -m bench.peers.fake_api_log --port 0 --latency 30
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ import asyncio
 import contextvars
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-import fake_api
+from tests.harness import fake_api
 
 _peer: contextvars.ContextVar[int] = contextvars.ContextVar("peer", default=0)
 

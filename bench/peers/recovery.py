@@ -16,8 +16,8 @@ with the same task text. Faults:
 with each system's defaults, then its recovery knobs where they are cheap ("best").
 Every case runs at the same time (they mostly wait); faults are 1 s apart.
 
-    python bench/peers/recovery.py              # every case, 420 s cap (~9 min)
-    python bench/peers/recovery.py --quick      # swarm + peers' best settings, 45 s cap
+    python -m bench.peers.recovery              # every case, 420 s cap (~9 min)
+    python -m bench.peers.recovery --quick      # swarm + peers' best settings, 45 s cap
 """
 
 from __future__ import annotations
@@ -27,21 +27,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# _peers puts bench/ first on sys.path, so `throughput` below is bench/throughput.py
-import _peers as P
-import throughput as swarm_tp
-from _common import SwarmRun, sigterm_exits, table, wait_for
+from bench import throughput as swarm_tp
+from bench._common import bench_swarm, machine, sigterm_exits, table, tree
+from bench.peers import _peers as P
+from tests.harness.procs import wait_for
+from tests.harness.swarm import SwarmRun
 
 LATENCY = 30.0
 CELERY_BEST = {
@@ -164,11 +162,11 @@ class System:
             pools = swarm_tp.pool(2, 8)
             if c.variant == "best":
                 pools = pools.replace("expiry: 15s", "expiry: 3s")
-            self.swarm = SwarmRun(f"rec{os.getpid() % 1000}{c.fault[:2]}{c.variant[:1]}", pools,
-                                  stop_grace="5s", kill_grace="2s",
-                                  env={"ANTHROPIC_BASE_URL": self.fake.url,
-                                       "ANTHROPIC_API_KEY": "bench"})
-            self.swarm.start(2)
+            name = f"rec{os.getpid() % 1000}{c.fault[:2]}{c.variant[:1]}"
+            self.swarm = bench_swarm(name, pools, stop_grace="5s", kill_grace="2s",
+                                     env={"ANTHROPIC_BASE_URL": self.fake.url,
+                                          "ANTHROPIC_API_KEY": "bench"})
+            self.swarm.start(workers=2)
             return
         self.redis = P.PlainRedis(self.procs, self.folder)
         self.env = P.peer_env(self.redis.url, self.fake.url, 8)
@@ -207,7 +205,7 @@ class System:
         if self.swarm is not None:
             from launcher.client import Swarm
 
-            Swarm(self.swarm.name, self.swarm.client()).submit(c.text, pool="bench")
+            Swarm(self.swarm.name, self.swarm.redis()).submit(c.text, pool="bench")
             return
         opts = {"job_timeout": 35, "retry": 2} if (c.system, c.variant) == ("rq", "best") else {}
         subprocess.run([P.venv_python(c.system), str(P.PEERS_DIR / "submit.py"), c.system, "one",
@@ -217,7 +215,7 @@ class System:
     def unit_of(self, pid: int) -> list[psutil.Process]:
         """The whole worker command (process tree) that ``pid`` belongs to."""
         for unit in self.units:
-            family = P.tree(unit.pid)
+            family = tree(unit.pid)
             if any(p.pid == pid for p in family):
                 return family
         return []
@@ -239,7 +237,7 @@ class System:
             except ProcessLookupError:
                 pass
         if self.swarm is not None:
-            self.swarm.close()
+            self.swarm.stop()
         self.procs.close()
         P.remove(self.folder)
 
@@ -312,7 +310,7 @@ def main() -> None:
     quiet = P.Quiet(0 if args.no_wait else 1200)
     quiet.wait()
     print(f"# peers/recovery{' --quick' if args.quick else ''}: {len(cases)} cases at once, "
-          f"fake API latency {LATENCY:g} s, re-run awaited {cap:g} s\n# {P.machine()}\n"
+          f"fake API latency {LATENCY:g} s, re-run awaited {cap:g} s\n# {machine()}\n"
           f"# {P.peer_versions(sorted({c.system for c in cases} - {'swarm'}))}", flush=True)
     t0 = time.time()
     go, release, abort = threading.Event(), threading.Event(), threading.Event()

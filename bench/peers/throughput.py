@@ -1,7 +1,7 @@
 """swarm side by side with RQ, arq, Celery and Dramatiq (Redis brokers) on the same work.
 
 Each task makes ONE Messages API call through the real ``anthropic`` SDK (one client per
-worker process, reused) to the fake API (tests/fake_api.py, its own process, TCP_NODELAY):
+worker process, reused) to the fake API (tests/harness/fake_api.py, its own process, TCP_NODELAY):
 
   0s    0 s API latency: the overhead of each system around an API call
   1s    1 s API latency: LLM-like waiting, where concurrency decides
@@ -15,8 +15,8 @@ system's own client; tasks/s is N over first start to last finish (as bench/thro
 does for swarm), latency is enqueue to finish. At 0s, a few more tasks are then sent one at
 a time (each waited for): the latency of a single task on an idle system.
 
-    python bench/peers/throughput.py            # full size (~12 min)
-    python bench/peers/throughput.py --quick    # defaults only, fewer tasks (< 3 min)
+    python -m bench.peers.throughput            # full size (~12 min)
+    python -m bench.peers.throughput --quick    # defaults only, fewer tasks (< 3 min)
 
 Peers are installed on first use into /tmp/peer-venvs/<peer> (pinned versions, PyPI).
 """
@@ -29,19 +29,16 @@ import math
 import os
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# _peers puts bench/ first on sys.path, so `throughput` below is bench/throughput.py
-import _peers as P
-import throughput as swarm_tp
-from _common import SwarmRun, sigterm_exits, table, wait_for
-
+from bench import throughput as swarm_tp
+from bench._common import bench_swarm, machine, mem_of, sigterm_exits, table
+from bench.peers import _peers as P
+from tests.harness.procs import wait_for
 from workers import keys
 
 PEERS = ["rq", "arq", "celery", "dramatiq"]
@@ -51,39 +48,12 @@ SCENARIOS = {"0s": (0.0, False), "1s": (1.0, False), "noop": (0.0, True)}
 # --- swarm: bench/throughput.py's run_swarm, on the shared Redis ---------------------
 
 
-class SharedRedisSwarmRun(SwarmRun):
-    """SwarmRun pointed at the peers' Redis (SWARM_REDIS_URL) that also notes, just before
-    it shuts the swarm down, the memory of its workers and supervisor."""
-
-    redis_url = ""
-    last: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, name: str, pools: str, **kwargs: Any) -> None:
-        env = dict(kwargs.pop("env", None) or {})
-        env["SWARM_REDIS_URL"] = self.redis_url
-        super().__init__(name, pools, env=env, **kwargs)
-
-    def close(self) -> None:
-        try:
-            workers = list(self.worker_pids().values())
-            rss, pss = P.mem_of(workers)
-            sup_rss, _ = P.mem_of([self.pid]) if self.pid else (0, 0)
-            SharedRedisSwarmRun.last = {"rss": rss, "pss": pss,
-                                        "supervisor_rss": sup_rss - rss}
-        except Exception as exc:  # noqa: BLE001
-            SharedRedisSwarmRun.last = {"error": repr(exc)}
-        super().close()
-
-
-swarm_tp.SwarmRun = SharedRedisSwarmRun  # run_swarm builds its swarm through this name
-
-
 def swarm_bulk(redis: P.PlainRedis, latency: float, conc: int, n: int) -> dict[str, Any]:
     redis.client.flushall()
     cpu0 = P.cpu_of_trees([redis.pid])
-    res = swarm_tp.run_swarm(latency, conc, n)
+    res = swarm_tp.run_swarm(latency, conc, n, redis_url=redis.url)
     redis_cpu = P.cpu_of_trees([redis.pid]) - cpu0
-    mem = SharedRedisSwarmRun.last
+    mem = res["memory"]  # noted just before the swarm was shut down
     return {
         "n": n, "failed": res["failed"], "tasks_per_s": res["tasks_per_s"],
         "p50": res["e2e_p50"], "p95": res["e2e_p95"], "submit_s": res["submit_s"],
@@ -104,11 +74,12 @@ def swarm_serial(redis: P.PlainRedis, latency: float, conc: int,
 
     redis.client.flushall()
     server = swarm_tp.FakeServer(latency)
-    run = SharedRedisSwarmRun("serial", swarm_tp.pool(2, conc),
-                              env={"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "bench"})
+    run = bench_swarm("serial", swarm_tp.pool(2, conc),
+                      env={"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "bench",
+                           "SWARM_REDIS_URL": redis.url})
     try:
-        run.start(2)
-        client = run.client()
+        run.start(workers=2)
+        client = run.redis()
         api = Swarm("serial", client)
 
         def one(text: str) -> float:
@@ -124,7 +95,7 @@ def swarm_serial(redis: P.PlainRedis, latency: float, conc: int,
                  60, "the warm-up tasks", every=0.01)
         return [one(f"serial {i}") for i in range(n)], cold
     finally:
-        run.close()
+        run.stop()
         server.close()
 
 
@@ -233,7 +204,7 @@ def peer_run(cfg: Config, redis: P.PlainRedis, latency: float, noop: bool, conc:
                  every=0.02)
         cpu = P.cpu_of_trees(pids) - cpu0
         redis_cpu = P.cpu_of_trees([redis.pid]) - rcpu0
-        rss, pss = P.mem_of(pids)
+        rss, pss = mem_of(pids)
         marks = _markers(r, "bench:done")
         first = min(m[2] for m in marks)
         last = max(m[3] for m in marks)
@@ -330,8 +301,7 @@ def main() -> None:
     t_all = time.perf_counter()
     try:
         redis = P.PlainRedis(procs, folder)
-        SharedRedisSwarmRun.redis_url = redis.url
-        print(f"# peers/throughput{' --quick' if args.quick else ''}\n# {P.machine()}\n"
+        print(f"# peers/throughput{' --quick' if args.quick else ''}\n# {machine()}\n"
               f"# redis-server {redis.version()} on 127.0.0.1 (no persistence), shared by all\n"
               f"# {P.peer_versions([p for p in systems if p != 'swarm'])}", flush=True)
         for scen in scenarios:

@@ -9,7 +9,7 @@ In a test, in-process on a background thread::
 
 As its own process (benchmarks)::
 
-    python tests/fake_api.py --port 0 --latency 1.0
+    python -m tests.harness.fake_api --port 0 --latency 1.0   # from the checkout
     # prints "listening on http://127.0.0.1:PORT", serves until SIGTERM/SIGINT,
     # then prints "billed {json}"
 

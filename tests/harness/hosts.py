@@ -9,7 +9,7 @@ hosts, and a power cut (SIGKILL to the namespace's first process) takes its supe
 and every worker at the same instant. Otherwise the host name is given by SWARM_HOST
 and a power cut SIGKILLs the host's process tree at once.
 
-No pytest here, so a benchmark can import it.
+No pytest here: the benchmarks use it too (bench/multihost.py).
 """
 
 from __future__ import annotations
@@ -20,19 +20,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from procs import processes_under, wait_for
-
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-SWARM_CLI = [sys.executable, "-P", "-m", "launcher.cli"]
+from tests.harness.procs import SWARM_CLI, cli_env, processes_under, wait_for
+from tests.harness.swarm import fast_spec, spec_name
 
 
 def can_unshare() -> bool:
@@ -45,20 +40,6 @@ def can_unshare() -> bool:
     done = subprocess.run(["unshare", "--uts", "--pid", "--fork", "--mount-proc", "true"],
                           capture_output=True, timeout=10)
     return done.returncode == 0
-
-
-def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of every CLI run: this checkout importable, never the developer's
-    own API key, endpoint or Redis."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [str(TESTS), str(ROOT), *env.get("PYTHONPATH", "").split(os.pathsep)] if p)
-    for name in ("SWARM_REDIS_URL", "SWARM_HOST", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN",
-                 "ANTHROPIC_BASE_URL"):
-        env.pop(name, None)
-    env["COLUMNS"] = "200"
-    env.update(extra or {})
-    return env
 
 
 def free_port() -> int:
@@ -138,7 +119,7 @@ class Host:
         self.output = folder / "up.out"
 
     def environ(self) -> dict[str, str]:
-        env = base_env({"SWARM_REDIS_URL": self.redis_url, **self.env})
+        env = cli_env({"SWARM_REDIS_URL": self.redis_url, **self.env})
         if not self.isolated:
             env["SWARM_HOST"] = self.name
         return env
@@ -155,13 +136,13 @@ class Host:
         """`swarm up` in the foreground, as a child of the test; with ``wait``, until
         every worker of this host beats."""
         with open(self.output, "ab") as out:
-            self.proc = subprocess.Popen(self.argv("up", str(self.spec_path)), cwd=self.folder,
-                                         env=self.environ(), stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = proc = subprocess.Popen(
+                self.argv("up", str(self.spec_path)), cwd=self.folder, env=self.environ(),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if wait:
-            wait_for(lambda: self.beating() or self.proc.poll() is not None, 30,
+            wait_for(lambda: self.beating() or proc.poll() is not None, 30,
                      f"host {self.name}'s workers to beat")
-            assert self.proc.poll() is None, self.output.read_text()
+            assert proc.poll() is None, self.output.read_text()
         return self
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -172,18 +153,15 @@ class Host:
 
     def rows(self, swarm: str) -> list[dict[str, Any]]:
         """This host's workers in `swarm status`."""
-        from launcher.status import collect
-
         import redis
+
+        from launcher.status import collect
 
         client = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=5)
         return [r for r in collect(client, swarm)["workers"] if r["host"] == self.name]
 
     def swarm_name(self) -> str:
-        for line in textwrap.dedent(self.spec).splitlines():
-            if line.startswith("name:"):
-                return line.split(":", 1)[1].strip()
-        return "swarm"
+        return spec_name(textwrap.dedent(self.spec))
 
     def beating(self) -> bool:
         try:
@@ -250,8 +228,7 @@ def _quote(text: str) -> str:
 
 def spec_for(name: str, pools: str, extra: str = "") -> str:
     """A spec with short timings (the Redis comes from SWARM_REDIS_URL)."""
-    return (f"name: {name}\nstop_grace: 3s\nkill_grace: 500ms\n{extra}pools:\n"
-            + textwrap.indent(textwrap.dedent(pools), "  "))
+    return fast_spec(pools, name, extra)
 
 
 def pool_text(name: str, workers: int = 1, expiry: str = "1500ms", interval: str = "300ms",

@@ -1,9 +1,15 @@
-"""on_start hooks that make a worker misbehave on purpose, for the supervision tests.
-They run inside the worker process (the spec's ``on_start: hooks:NAME``)."""
+"""``on_start`` hooks for the tests and the benchmarks: they make a worker misbehave on
+purpose, or do what a long-running one eventually does. They run inside the worker
+process once it has booted (the spec's ``on_start: tests.harness.hooks:NAME``; the
+worker finds this checkout through the ``PYTHONPATH`` that
+:func:`tests.harness.procs.cli_env` sets)."""
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
+import time
 
 _ballast: list[bytes] = []
 
@@ -32,7 +38,6 @@ def block_loop_soon(worker: object) -> None:
     """Block the worker's event loop one second from now, with its process still
     running (not stopped): only a heartbeat that comes from the loop notices."""
     import asyncio
-    import time
 
     asyncio.get_running_loop().call_later(1.0, time.sleep, 3600)
 
@@ -50,3 +55,21 @@ def poison_before_call(worker: object) -> None:
         return await original(self, task, toolbox, context, task_id)
 
     Agent.run = run  # type: ignore[method-assign]
+
+
+def block_on_usr1(worker: object) -> None:
+    """After SIGUSR1 the worker's event loop is blocked for good (a Python signal handler
+    that never returns): the process keeps running but stops heartbeating, a real hang,
+    unlike SIGSTOP, which also tells the parent (SIGCHLD with CLD_STOPPED)."""
+
+    def _block(signum: int, frame: object) -> None:
+        while True:
+            time.sleep(3600)
+
+    signal.signal(signal.SIGUSR1, _block)
+
+
+def full_gc(worker: object) -> None:
+    """One full garbage collection, as a long-running worker eventually does on its own:
+    it walks (writes to) every tracked object it inherited, copying their pages."""
+    gc.collect()
