@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from workers import ledger_format
 from workers.states import TaskState
 from launcher.cli_common import SwarmOption, api_for, app, fail, out, print_json
 
@@ -96,10 +97,17 @@ def show(
     for key in ("id", "state", "pool", "attempts", "worker", "claimed", "error", "payload"):
         if record.get(key) not in (None, ""):
             out.print(f"[bold]{key}:[/] {record[key]}", markup=True, highlight=False)
+    hit = ledger_format.hit_ratio(int(record.get("input_side") or 0) -
+                                  int(record.get("cache_read") or 0), 0,
+                                  int(record.get("cache_read") or 0))
+    if hit is not None:
+        saved = int(record.get("nocache_nano") or 0) - int(record.get("nano") or 0)
+        out.print(f"[bold]cache:[/] {hit * 100:.0f}% of input read from the cache, "
+                  f"saved ${saved / 1e9:.6f}", markup=True, highlight=False)
     if finding:
         out.print(f"[bold]finding:[/] {finding.get('finding_id')}", markup=True)
-        for key in ("status", "worker_id", "model", "tokens_used", "cost", "files_changed",
-                    "error", "result"):
+        for key in ("status", "worker_id", "model", "tokens_used", "cost", "stop_reason",
+                    "truncated", "files_changed", "error", "result"):
             out.print(f"  {key}: {finding.get(key)}", markup=False)
 
 

@@ -31,13 +31,30 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         cost, ref = self.get("nano"), self.get("ref_nano")
+        money = ("nano", "ref_nano", "nocache_nano", "lost_bound_nano")
         return {
             "kind": self.kind, "key": self.key,
-            **{m: self.get(m) for m in METRICS if m not in ("nano", "ref_nano", "lost_bound_nano")},
+            **{m: self.get(m) for m in METRICS if m not in money},
             "cost_usd": cost / 1e9, "reference_usd": ref / 1e9,
             "savings_pct": round((ref - cost) / ref * 100, 1) if ref else None,
+            "cache_hit_ratio": self.hit_ratio(),
+            "cache_saved_usd": self.cache_saved() / 1e9,
+            "cache_misses": {name.removeprefix(ledger_format.MISS): n
+                             for name, n in sorted(self.values.items())
+                             if name.startswith(ledger_format.MISS)},
             "lost_bound_usd": self.get("lost_bound_nano") / 1e9,
         }
+
+    def hit_ratio(self) -> float | None:
+        """Cache reads over every input-side token (rounded to 3 places)."""
+        ratio = ledger_format.hit_ratio(self.get("input"), self.get("cache_write"),
+                                        self.get("cache_read"))
+        return None if ratio is None else round(ratio, 3)
+
+    def cache_saved(self) -> int:
+        """Nano-dollars caching saved: the same tokens uncached, minus what was paid
+        (negative when writes cost more than reads gave back)."""
+        return self.get("nocache_nano") - self.get("nano") if self.get("nocache_nano") else 0
 
 
 Counters = dict[str, dict[str, dict[str, int]]]  # dim -> key -> metric -> n
@@ -84,15 +101,23 @@ def rows_by_task(client: Any, name: str, limit: int, since: float | None) -> lis
     ids = client.zrevrange(keys.task_costs(name), 0, max(limit * 10, limit) - 1)
     pipe = client.pipeline(transaction=False)
     for task_id in ids:
-        pipe.hmget(keys.task_meta(name, task_id), "calls", "tokens", "nano", "submitted")
+        pipe.hmget(keys.task_meta(name, task_id), *_TASK_FIELDS)
     cutoff = time.time() - since if since else None
     found = []
-    for task_id, (calls, tokens, nano, submitted) in zip(ids, pipe.execute()):
-        if cutoff is not None and float(submitted or 0) < cutoff:
+    for task_id, values in zip(ids, pipe.execute()):
+        got = dict(zip(_TASK_FIELDS, values))
+        if cutoff is not None and float(got.pop("submitted") or 0) < cutoff:
             continue
-        found.append(Row("task", task_id, {"calls": int(calls or 0), "input": int(tokens or 0),
-                                           "nano": int(nano or 0)}))
+        counts = {k: int(v or 0) for k, v in got.items() if k != "submitted"}
+        # a task keeps its input-side total and its reads: the rest of the input side
+        # is shown as input, so the hit ratio is the same sum as everywhere
+        counts["input"] = counts.pop("input_side") - counts["cache_read"]
+        found.append(Row("task", task_id, counts))
     return found[:limit]
+
+
+_TASK_FIELDS = ("calls", "tokens", "nano", "nocache_nano", "input_side", "cache_read",
+                "submitted")
 
 
 def _order(key: str) -> tuple[str, int]:
@@ -117,11 +142,12 @@ def render(rows: list[Row], reference: str, source: str, by: str) -> Any:
     from rich.text import Text
 
     if by == "task":
-        headers = ["TASK", "CALLS", "TOKENS", "COST"]
-        cells = [[row.key, str(row.get("calls")), f"{row.get('input'):,}", usd(row.get("nano"))]
-                 for row in rows]
+        headers = ["TASK", "CALLS", "TOKENS", "CACHE HIT", "CACHE SAVED", "COST"]
+        cells = [[row.key, str(row.get("calls")), f"{row.get('tokens'):,}", _hit(row),
+                  _cache_saved(row), usd(row.get("nano"))] for row in rows]
     else:
-        headers = [by.upper(), "CALLS", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ", "COST",
+        headers = [by.upper(), "CALLS", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ",
+                   "CACHE HIT", "CACHE SAVED", "COST",
                    f"ON {reference}" if reference else "REFERENCE", "SAVED", "LOST IN FLIGHT"]
         cells = [_cost_cells(row, by) for row in rows]
     sizes = columns.widths(headers, cells)
@@ -147,8 +173,20 @@ def _cost_cells(row: Row, by: str) -> list[str]:
             if row.get("lost_calls") else "-")
     unpriced = " *" if row.get("unpriced_calls") else ""
     return [label, f"{row.get('calls'):,}", f"{row.get('input'):,}", f"{row.get('output'):,}",
-            f"{row.get('cache_write'):,}", f"{row.get('cache_read'):,}", usd(cost) + unpriced,
-            usd(ref) if ref else "-", saved, lost]
+            f"{row.get('cache_write'):,}", f"{row.get('cache_read'):,}", _hit(row),
+            _cache_saved(row), usd(cost) + unpriced, usd(ref) if ref else "-", saved, lost]
+
+
+def _hit(row: Row) -> str:
+    ratio = row.hit_ratio()
+    return "-" if ratio is None else f"{ratio * 100:.0f}%"
+
+
+def _cache_saved(row: Row) -> str:
+    saved = row.cache_saved()
+    if not row.get("nocache_nano"):
+        return "-"
+    return usd(saved) if saved >= 0 else "-" + usd(-saved)
 
 
 def to_csv(rows: list[Row]) -> str:

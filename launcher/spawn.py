@@ -34,7 +34,7 @@ def config_for(spec: SwarmSpec, slot: Slot, host: str, redis: RedisTarget, paren
         on_start=pool.on_start, parent_pid=parent_pid, default_pool=str(spec.default_pool),
         seed_listener=spec.seed_protocol and slot.index <= SEED_LISTENERS,
         pools=tuple(spec.pools), max_attempts=pool.max_attempts, max_turns=pool.max_turns,
-        max_tokens=pool.max_tokens, max_retries=pool.max_retries,
+        max_tokens=pool.max_tokens, max_retries=pool.max_retries, cache_ttl=pool.cache_ttl,
         tools=pool.tools.model_dump(mode="json"), fence=fence,
         prices={model: rates.rates() for model, rates in spec.prices.items()},
         reference_model=reference_model, max_cost_usd=pool.max_cost_usd,

@@ -8,7 +8,7 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -188,9 +189,25 @@ class Pool(_Model):
     max_turns: Count = Field(20, ge=1, le=1000, description="API calls per task at most")
     max_tokens: Count = Field(4096, ge=1, le=1_000_000, description="per API call")
     max_retries: Count = Field(4, ge=0, le=20, description="SDK retries of 429/529/5xx")
+    cache_ttl: Literal["5m", "1h"] = Field(
+        "5m", description="how long the API caches the shared prefix (system prompt and "
+        "context:active): 1h costs 2x to write (5m: 1.25x) and pays when tasks come in "
+        "bursts more than 5 minutes apart")
     tools: Tools = Field(default_factory=Tools)
     budget_usd: float | None = Field(None, gt=0, description="no new task once this pool spent it")
     max_cost_usd: float | None = Field(None, gt=0, description="a task spending this fails")
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens_the_model_can_produce(cls, value: int, info: ValidationInfo) -> int:
+        from workers.pricing import context_window
+
+        model = info.data.get("model")
+        window = context_window(model) if isinstance(model, str) else None
+        if window is not None and value >= window:
+            raise ValueError(f"{value} is more than {model} can produce: its context "
+                             f"window is {window:,} tokens")
+        return value
 
     @field_validator("env", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ class Book:
         self.said.append("begin")
         return "call"
 
-    async def settle(self, call: Any, usage: Any) -> int:
+    async def settle(self, call: Any, usage: Any, miss_reason: str = "") -> int:
         self.said.append("settle")
         return 0
 

@@ -186,11 +186,17 @@ def test_a_host_that_loses_power_loses_nothing_and_takes_nothing_back(
     one, two = hosts("h-one", spec).start(), hosts("h-two", spec).start()
     r = shared.client()
     api = Api("t", r)
+    # one task first: the shared prefix is then known, and no first request waits for
+    # another's answer (workers/prefix_gate.py)
+    warm = api.submit_many(["warm up"])
+    wait_for(lambda: all_done(r, warm), 30, "the first task")
     ids = api.submit_many([f"slow 4 cut {i}" for i in range(8)])
     wait_for(lambda: sum(1 for row in collect(r, "t")["workers"] if row["task"]) == 2, 20,
              "both hosts busy")
     on_one = {m["task"] for m in _running(r, ids) if "/h-one/" in m["worker"]}
     assert on_one, "nothing was running on h-one"
+    wait_for(lambda: len([f for f in r.hkeys(keys.inflight("t")) if "/h-one/" in f])
+             == len(on_one), 20, "h-one's calls to be in flight")
     cut = time.monotonic()
     one.power_cut()
     # h-two takes h-one's running tasks back once their lease expires, and runs them

@@ -1,6 +1,17 @@
 """The Claude agent loop of one task: call, run the tools asked for, call again, until
-``end_turn`` or ``max_turns``. A plain manual loop rather than the SDK's beta tool
+the model ends its turn or ``max_turns``. A plain manual loop rather than the SDK's tool
 runner, so that every turn's usage passes through our hands to be recorded.
+
+Each turn pays for what is new only: the shared prefix (tools, the system prompt, the
+shared context) carries a breakpoint with the pool's cache TTL, and the request's
+top-level ``cache_control`` marks the conversation's last block, so each turn reads the
+last turn's prefix from the cache and writes what was added (two breakpoints of the
+API's four). Nothing in the prefix varies between workers or tasks.
+
+Every stop reason means what it says: ``tool_use`` runs the tools; ``pause_turn`` sends
+the turn back to go on; ``max_tokens`` continues the answer (the partial one is sent
+back as the start of the model's own turn) up to ``MAX_CONTINUATIONS`` times, then the
+finding says it is truncated; ``refusal`` fails the task with the model's words.
 
 Retries of 429/529/5xx are the SDK's own (``max_retries``, honouring retry-after);
 what reaches here has already been retried, or must not be (401, 400).
@@ -8,19 +19,22 @@ what reaches here has already been retried, or must not be (401, 400).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import anthropic
 
+from workers.api_call import Caller, CutOff
 from workers.ledger import Ledger
 from workers.payload import Task
+from workers.prefix_gate import PrefixGate
 from workers.pricing import Usage
 from workers.prompt import system_blocks
 from workers.tools import Toolbox, ToolError
+
+MAX_CONTINUATIONS = 2  # of an answer cut off at max_tokens
+CONVERSATION_CACHE = {"type": "ephemeral"}  # 5 minutes: the turns come seconds apart
 
 _FINDING_ID = re.compile(r"\bfinding_[0-9a-f]{8,32}\b")
 
@@ -52,84 +66,32 @@ class Outcome:
     files_changed: list[str] = field(default_factory=list)
     citations: list[str] = field(default_factory=list)
     nano: int | None = 0  # what the calls cost, as the ledger priced them (None: unknown)
+    stop_reason: str | None = None  # the last call's
+    truncated: bool = False  # the answer was cut off at max_tokens, and left so
 
 
 class Agent:
     def __init__(self, client: anthropic.AsyncAnthropic | None, model: str, max_turns: int,
                  max_tokens: int, missing_key: str | None = None, ledger: Ledger | None = None,
-                 max_cost_nano: int | None = None) -> None:
+                 max_cost_nano: int | None = None, cache_ttl: str = "5m",
+                 gate: PrefixGate | None = None) -> None:
         self.client = client
         self.model = model
         self.max_turns = max_turns
         self.max_tokens = max_tokens
         self.missing_key = missing_key
-        self.ledger = ledger
         self.max_cost_nano = max_cost_nano
-
-    async def _call(self, task_id: str, outcome: Outcome, **request: Any) -> Any:
-        """One API call: registered in the ledger before it is sent, settled when the
-        response arrives, withdrawn if the API answered with an error (not billed),
-        counted as lost if we never learn its fate."""
-        assert self.client is not None
-        ledger = self.ledger
-        call = None
-        if ledger is not None:
-            size = len(json.dumps(request, default=str))
-            call = await ledger.begin(task_id, size, self.max_tokens)
-        try:
-            response = await self.client.messages.create(**request)
-        except anthropic.APIStatusError:
-            if ledger is not None and call is not None:
-                await ledger.withdraw(call)
-            raise
-        except (anthropic.APIError, asyncio.CancelledError):
-            # cut off, timed out, or an answer we could not read: it may have been billed
-            if ledger is not None and call is not None:
-                await asyncio.shield(ledger.lose(call))
-            raise
-        except Exception:
-            # failed before it was sent (e.g. text that cannot be encoded): not a call
-            if ledger is not None and call is not None:
-                await ledger.withdraw(call)
-            raise
-        used = Usage.of(response.usage)
-        outcome.usage.add(used)
-        outcome.calls += 1
-        if ledger is not None and call is not None:
-            nano = await ledger.settle(call, used)
-            outcome.nano = None if nano is None or outcome.nano is None else outcome.nano + nano
-        return response
+        self.cache_ttl = cache_ttl
+        self.caller = Caller(client, ledger, max_tokens, gate) if client else None
 
     async def run(self, task: Task, toolbox: Toolbox, context: str | None,
                   task_id: str = "") -> Outcome:
         outcome = Outcome("failed", "")
-        if self.client is None:
+        if self.caller is None:
             outcome.error = self.missing_key or "no API client"
             return outcome
-        messages: list[dict[str, Any]] = [{"role": "user", "content": _user_text(task)}]
-        tools = toolbox.definitions()
         try:
-            for turn in range(1, self.max_turns + 1):
-                response = await self._call(
-                    task_id, outcome, model=self.model, max_tokens=self.max_tokens,
-                    system=system_blocks(context), messages=messages,
-                    **({"tools": tools} if tools else {}),
-                )
-                outcome.turns = turn
-                text = _text_of(response.content)
-                if response.stop_reason != "tool_use":
-                    outcome.status, outcome.result = "done", text
-                    break
-                over = self._over_budget(outcome)
-                if over:
-                    outcome.result, outcome.error = text, over
-                    break
-                messages.append({"role": "assistant", "content": _as_params(response.content)})
-                messages.append({"role": "user",
-                                 "content": await _run_tools(response.content, toolbox)})
-            else:
-                outcome.result = text
-                outcome.error = f"stopped after max_turns ({self.max_turns}) without finishing"
+            await self._turns(task, toolbox, context, task_id, outcome)
         except SPEND_LIMIT_ERRORS as exc:
             # the spend-limit errors are RateLimitError (a 429), an APIStatusError
             raise SpendLimitReached(_api_message(cast(anthropic.APIStatusError, exc))) from None
@@ -143,10 +105,71 @@ class Agent:
             outcome.error = f"API error {exc.status_code} after retries: {_api_message(exc)}"
         except anthropic.APIConnectionError as exc:
             outcome.error = f"cannot reach the API: {exc}"
+        except CutOff as exc:
+            outcome.error = str(exc)
         outcome.files_changed = sorted(toolbox.files_changed)
         outcome.citations = sorted(set(_FINDING_ID.findall(task.description + outcome.result)))
         return outcome
 
+    async def _turns(self, task: Task, toolbox: Toolbox, context: str | None, task_id: str,
+                     outcome: Outcome) -> None:
+        assert self.caller is not None
+        messages: list[dict[str, Any]] = [{"role": "user", "content": _user_text(task)}]
+        tools = toolbox.definitions()
+        base = self.base_request(tools, context)
+        previous: str | None = None  # the last message's id
+        pieces: list[str] = []  # an answer cut off at max_tokens, being continued
+        continued = 0
+        for turn in range(1, self.max_turns + 1):
+            request = {**base, "messages": messages}
+            if previous is not None:  # the API then says why a cache missed
+                request["diagnostics"] = {"previous_message_id": previous}
+            answer = await self.caller.call(task_id, request, first=turn == 1)
+            message, previous = answer.message, answer.message.id
+            outcome.usage.add(answer.usage)
+            outcome.calls += 1
+            outcome.nano = (None if answer.nano is None or outcome.nano is None
+                            else outcome.nano + answer.nano)
+            outcome.turns, outcome.stop_reason = turn, message.stop_reason
+            text = _text_of(message.content)
+            content = _as_params(message.content)
+            if message.stop_reason == "tool_use":
+                over = self._over_budget(outcome)
+                if over:
+                    outcome.result, outcome.error = text, over
+                    return
+                _assistant_turn(messages, content)
+                messages.append({"role": "user",
+                                 "content": await _run_tools(message.content, toolbox)})
+                pieces, continued = [], 0
+            elif message.stop_reason == "pause_turn":  # the API paused a long turn: go on
+                _assistant_turn(messages, content)
+            elif message.stop_reason == "max_tokens" and continued < MAX_CONTINUATIONS \
+                    and _ends_in_text(content):
+                continued += 1
+                pieces.append(_raw_text(message.content).rstrip())
+                # the answer so far, as the start of the model's own turn (one message)
+                messages[len(messages) - (1 if continued > 1 else 0):] = [
+                    {"role": "assistant", "content": [{"type": "text", "text": "".join(pieces)}]}]
+            elif message.stop_reason == "refusal":
+                outcome.result = text
+                outcome.error = f"the model refused: {text[:300] or '(no words)'}"
+                return
+            else:  # end_turn, stop_sequence, or max_tokens for good
+                outcome.status = "done"
+                outcome.result = ("".join(pieces) + _raw_text(message.content)).strip() \
+                    if pieces else text
+                outcome.truncated = message.stop_reason == "max_tokens"
+                return
+        outcome.result = text
+        outcome.error = f"stopped after max_turns ({self.max_turns}) without finishing"
+
+    def base_request(self, tools: list[dict[str, Any]], context: str | None) -> dict[str, Any]:
+        """What every turn of a task sends besides its messages: the shared prefix with
+        its breakpoint, and the top-level marker that caches the conversation."""
+        return {"model": self.model, "max_tokens": self.max_tokens,
+                "system": system_blocks(context, self.cache_ttl),
+                "cache_control": CONVERSATION_CACHE, **({"tools": tools} if tools else {})}
 
     def _over_budget(self, outcome: Outcome) -> str | None:
         """Why the task must stop for its own cost limit, or None."""
@@ -170,6 +193,28 @@ def _as_params(content: list[Any]) -> list[dict[str, Any]]:
 
 def _text_of(content: list[Any]) -> str:
     return "\n".join(b.text for b in content if getattr(b, "type", "") == "text").strip()
+
+
+def _assistant_turn(messages: list[dict[str, Any]], content: list[dict[str, Any]]) -> None:
+    """Append the model's turn; a turn that continues one already sent back (a paused
+    turn, an answer cut off at max_tokens) is joined to it: the API takes one
+    assistant message at a time."""
+    if messages and messages[-1]["role"] == "assistant":
+        messages[-1] = {"role": "assistant", "content": [*messages[-1]["content"], *content]}
+    else:
+        messages.append({"role": "assistant", "content": content})
+
+
+def _raw_text(content: list[Any]) -> str:
+    """The text blocks as they are (a continued answer is joined without gaps)."""
+    return "".join(b.text for b in content if getattr(b, "type", "") == "text")
+
+
+def _ends_in_text(content: list[dict[str, Any]]) -> bool:
+    return bool(content) and content[-1].get("type") == "text" and \
+        bool(str(content[-1].get("text", "")).strip())
+
+
 
 
 async def _run_tools(content: list[Any], toolbox: Toolbox) -> list[dict[str, Any]]:

@@ -12,7 +12,10 @@ from workers import keys
 from workers.agent import Agent
 from workers.config import WorkerConfig
 from workers.ledger import Ledger
+from workers.prefix_gate import PrefixGate
 from workers.pricing import PriceBook, Rates
+
+CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
 
 log = logging.getLogger("swarm.worker")
 
@@ -36,8 +39,10 @@ def make_agent(cfg: WorkerConfig, redis: Any) -> Agent:
     client = anthropic.AsyncAnthropic(max_retries=cfg.max_retries,
                                       http_client=_http_client(cfg, ledger))
     limit = None if cfg.max_cost_usd is None else int(Decimal(str(cfg.max_cost_usd)) * 10**9)
+    gate = PrefixGate(redis, cfg.swarm, keys.consumer(cfg.worker_id, cfg.generation),
+                      CACHE_TTL_S[cfg.cache_ttl])
     return Agent(client, cfg.model, cfg.max_turns, cfg.max_tokens, ledger=ledger,
-                 max_cost_nano=limit)
+                 max_cost_nano=limit, cache_ttl=cfg.cache_ttl, gate=gate)
 
 
 def _http_client(cfg: WorkerConfig, ledger: Any) -> Any:

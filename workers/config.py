@@ -43,6 +43,7 @@ class WorkerConfig:
     max_attempts: int = 3
     max_turns: int = 20
     max_tokens: int = 4096
+    cache_ttl: str = "5m"  # of the shared prefix's cache breakpoint: "5m" or "1h"
     max_retries: int = 4
     tools: dict[str, object] = field(default_factory=dict)  # workers.tools.ToolSettings
     fence: Fence = field(default_factory=Fence)  # swarm's own places, out of the tools' reach

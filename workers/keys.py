@@ -199,6 +199,18 @@ def inflight(swarm: str) -> str:
     return f"{_ns(swarm)}:inflight"
 
 
+def warm_prefix(swarm: str, prefix: str) -> str:
+    """String with an expiry: a shared prefix (model, tools, system; its hash) is in the
+    API's cache; first requests over it go at once (workers/prefix_gate.py)."""
+    return f"{_ns(swarm)}:prefix:{prefix}:warm"
+
+
+def warming_prefix(swarm: str, prefix: str) -> str:
+    """String with an expiry: one request is writing the prefix to the cache; other
+    first requests over it wait for its answer."""
+    return f"{_ns(swarm)}:prefix:{prefix}:writing"
+
+
 def rate(swarm: str, model: str) -> str:
     """Hash: the swarm-wide request and token buckets of one model (level, time)."""
     return f"{_ns(swarm)}:rate:{model}"

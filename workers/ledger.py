@@ -77,11 +77,12 @@ class Ledger:
         """A 429 came back: hold the whole swarm back from this model for a while."""
         await self._cool_down(keys=[self._cooldown], args=[max(1, int(seconds * 1000))])
 
-    async def settle(self, call: Call, usage: Usage) -> int | None:
-        """Record a response's usage; returns its cost in nano-dollars (None if the
-        model has no price)."""
+    async def settle(self, call: Call, usage: Usage, miss_reason: str = "") -> int | None:
+        """Record a response's usage (and, if the API said why its cache missed, the
+        reason); returns its cost in nano-dollars (None if the model has no price)."""
         nano = self.prices.nano(self.model, usage)
         ref = self.prices.nano(self.reference, usage) if self.reference else None
+        nocache = self.prices.nano(self.model, usage.uncached())
         now = time.time()
         record_keys = [self._inflight, keys.ledger(self.swarm),
                        keys.ledger_minute(self.swarm, int(now // 60)),
@@ -89,7 +90,8 @@ class Ledger:
         record_args = [call.field, self.worker_id, self.pool, self.model, call.task_id,
                        usage.input, usage.output, usage.cache_creation, usage.cache_read,
                        -1 if nano is None else nano, -1 if ref is None else ref, self.host,
-                       keys.LEDGER_MINUTE_TTL]
+                       keys.LEDGER_MINUTE_TTL, usage.cache_creation_1h,
+                       -1 if nocache is None else nocache, _safe(miss_reason)]
         await until_redis(lambda: self._record_once(call, record_keys, record_args, nano,
                                                     call.tokens - usage.total),
                           f"recording a call of task {call.task_id}")
@@ -130,3 +132,8 @@ class Ledger:
         with its upper bound, rather than pretend it cost nothing."""
         k, a = ledger_scripts.lose_args(self.swarm, call.field, time.time())
         await until_redis(lambda: self._lose(keys=k, args=a), "counting a call lost")
+
+
+def _safe(reason: str) -> str:
+    """A cache miss reason as a counter's name: the API's type, letters and '_' only."""
+    return "".join(c for c in reason if c.isalnum() or c == "_")[:40]

@@ -5,8 +5,15 @@ the same fields in Lua; everything in Python reads and writes them through here.
 from __future__ import annotations
 
 DIMS = ("total", "worker", "host", "pool", "model")  # total's one key is '*'
-METRICS = ("calls", "input", "output", "cache_write", "cache_read", "nano", "ref_nano",
-           "unpriced_calls", "lost_calls", "lost_bound_nano")
+METRICS = ("calls", "input", "output", "cache_write", "cache_write_1h", "cache_read", "nano",
+           "ref_nano", "nocache_nano", "unpriced_calls", "lost_calls", "lost_bound_nano")
+MISS = "miss_"  # then the API's cache_miss_reason type: calls whose cache missed, and why
+
+
+def hit_ratio(input_tokens: int, cache_write: int, cache_read: int) -> float | None:
+    """Cache reads over every input-side token; None when there were none."""
+    side = input_tokens + cache_write + cache_read
+    return cache_read / side if side else None
 
 
 def field(dim: str, key: str, metric: str) -> str:

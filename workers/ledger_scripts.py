@@ -16,33 +16,41 @@ from workers import keys
 # MULTI: INCRBYFLOAT called from Lua corrupts the heap of Redis 6.2, the embedded one.)
 # KEYS: inflight, ledger, minute bucket, task meta, task costs
 # ARGV: in-flight field, worker, pool, model, task, input, output, cache_write,
-#       cache_read, nano (-1: unknown model), ref_nano (-1: unknown), host, bucket ttl
+#       cache_read, nano (-1: unknown model), ref_nano (-1: unknown), host, bucket ttl,
+#       cache_write_1h (part of cache_write), nocache_nano (the same tokens with no cache
+#       read or written; -1: unknown), cache miss reason ('' if none was said)
 RECORD = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 local dims = {'total|*', 'worker|' .. ARGV[2], 'pool|' .. ARGV[3], 'model|' .. ARGV[4],
               'host|' .. ARGV[12]}
-local names = {'input', 'output', 'cache_write', 'cache_read'}
-local nano, ref = tonumber(ARGV[10]), tonumber(ARGV[11])
+local counts = {input = ARGV[6], output = ARGV[7], cache_write = ARGV[8],
+                cache_read = ARGV[9], cache_write_1h = ARGV[14]}
+local nano, ref, nocache = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[15])
 for _, hash in ipairs({KEYS[2], KEYS[3]}) do
   for _, d in ipairs(dims) do
     redis.call('HINCRBY', hash, d .. '|calls', 1)
-    for i, name in ipairs(names) do
-      local n = tonumber(ARGV[5 + i])
+    for name, value in pairs(counts) do
+      local n = tonumber(value)
       if n ~= 0 then redis.call('HINCRBY', hash, d .. '|' .. name, n) end
     end
     if nano >= 0 then redis.call('HINCRBY', hash, d .. '|nano', nano)
     else redis.call('HINCRBY', hash, d .. '|unpriced_calls', 1) end
     if ref >= 0 then redis.call('HINCRBY', hash, d .. '|ref_nano', ref) end
+    if nocache >= 0 then redis.call('HINCRBY', hash, d .. '|nocache_nano', nocache) end
+    if ARGV[16] ~= '' then redis.call('HINCRBY', hash, d .. '|miss_' .. ARGV[16], 1) end
   end
 end
 redis.call('EXPIRE', KEYS[3], ARGV[13])
+local read, side = tonumber(ARGV[9]), tonumber(ARGV[6]) + tonumber(ARGV[8]) + tonumber(ARGV[9])
 redis.call('HINCRBY', KEYS[4], 'calls', 1)
-redis.call('HINCRBY', KEYS[4], 'tokens', tonumber(ARGV[6]) + tonumber(ARGV[7])
-           + tonumber(ARGV[8]) + tonumber(ARGV[9]))
+redis.call('HINCRBY', KEYS[4], 'tokens', side + tonumber(ARGV[7]))
+redis.call('HINCRBY', KEYS[4], 'input_side', side)
+if read ~= 0 then redis.call('HINCRBY', KEYS[4], 'cache_read', read) end
 if nano >= 0 then
   redis.call('HINCRBY', KEYS[4], 'nano', nano)
   redis.call('ZINCRBY', KEYS[5], nano, ARGV[5])
 end
+if nocache >= 0 then redis.call('HINCRBY', KEYS[4], 'nocache_nano', nocache) end
 return 1
 """
 

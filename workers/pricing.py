@@ -50,6 +50,11 @@ class Usage:
     def total(self) -> int:
         return self.input + self.output + self.cache_creation + self.cache_read
 
+    def uncached(self) -> Usage:
+        """The same tokens as if nothing were read from or written to the cache: what
+        the call would have cost without caching."""
+        return Usage(self.input + self.cache_creation + self.cache_read, self.output)
+
 
 @dataclass(frozen=True)
 class Rates:
@@ -186,6 +191,20 @@ def newest_sonnet() -> str | None:
             if best is None or version > best[0]:
                 best = (version, model.id)
     return best[1] if best else None
+
+
+@lru_cache(maxsize=256)
+def context_window(model: str) -> int | None:
+    """The model's context window in tokens, where the price data knows it."""
+    if not _genai_knows(model):
+        return None
+    from genai_prices import Usage as GUsage
+    from genai_prices import calc_price
+
+    found = calc_price(GUsage(input_tokens=1, output_tokens=1), model_ref=model,
+                       provider_id="anthropic").model
+    window = getattr(found, "context_window", None)
+    return int(window) if window else None
 
 
 def family(model: str) -> str:

@@ -17,12 +17,15 @@ End with a short, factual report: what you found, what you changed (files), and
 anything the coordinator should know. Your report becomes the finding's result."""
 
 
-def system_blocks(context: str | None) -> list[dict[str, object]]:
+def system_blocks(context: str | None, ttl: str = "5m") -> list[dict[str, object]]:
     """The stable prefix of every request: role, then shared context. It is the same
-    for every worker (no ids in it), and its last block carries a cache breakpoint, so
-    all workers share one cached prefix."""
+    for every worker (no ids in it), and its last block carries a cache breakpoint with
+    the pool's TTL ("5m" or "1h"), so all workers share one cached prefix."""
     blocks: list[dict[str, object]] = [{"type": "text", "text": ROLE}]
     if context:
         blocks.append({"type": "text", "text": f"SHARED CONTEXT (context:active):\n{context}"})
-    blocks[-1]["cache_control"] = {"type": "ephemeral"}
+    marker: dict[str, str] = {"type": "ephemeral"}
+    if ttl != "5m":
+        marker["ttl"] = ttl
+    blocks[-1]["cache_control"] = marker
     return blocks

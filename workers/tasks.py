@@ -263,6 +263,8 @@ class TaskRunner:
             "pool": self.cfg.pool,
             "generation": self.cfg.generation,
             "turns": outcome.turns,
+            "stop_reason": outcome.stop_reason,
+            "truncated": outcome.truncated,
             "api_calls": outcome.calls,
             "usage": vars(outcome.usage),
             "cost_nano_usd": nano,
