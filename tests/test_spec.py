@@ -276,6 +276,15 @@ BAD_SPECS = [
      "must look like 'package.module:function', not 'mypackage.setup'"),
     ("env_not_a_mapping", P + "    env: [A, B]\n", "swarm.yaml:4: pools.haiku.env: must be a mapping"),
     ("state_dir_null", "state_dir:\n" + P, "swarm.yaml:1: state_dir: must be a path"),
+    ("max_tokens_over_the_window",
+     "pools:\n  haiku:\n    model: claude-haiku-4-5\n    max_tokens: 200000\n",
+     "swarm.yaml:4: pools.haiku.max_tokens: 200000 is more than claude-haiku-4-5 can "
+     "produce: its context window is 200,000 tokens"),
+    ("cache_ttl_unknown", P + "    cache_ttl: 2h\n",
+     "swarm.yaml:4: pools.haiku.cache_ttl: input should be '5m' or '1h'"),
+    ("shell_env_secret", P + "    tools: {shell_env: [ANTHROPIC_API_KEY]}\n",
+     "swarm.yaml:4: pools.haiku.tools.shell_env: ANTHROPIC_API_KEY is a secret of swarm's; "
+     "it never reaches the shell"),
     # paths
     ("workdir_missing", P + "    workdir: nope\n",
      "swarm.yaml:4: pools.haiku.workdir: no such directory: {dir}/nope"),
