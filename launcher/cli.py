@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from launcher import cli_runs  # noqa: F401 - registers run, runs
 from launcher import cli_work  # noqa: F401 - registers submit, tasks, show, resume, cost
 from launcher import control
 from launcher.cli_common import (

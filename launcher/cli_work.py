@@ -82,12 +82,23 @@ def tasks(
 
 @app.command()
 def show(
-    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    task_id: Annotated[str, typer.Argument(help="The task's id, or a run's.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     swarm: SwarmOption = None,
 ) -> None:
-    """Show one task, with its finding."""
-    record = api_for(swarm).task(task_id)
+    """Show one task, with its finding; or a run (run_...) as the tree of its tasks."""
+    api = api_for(swarm)
+    if task_id.startswith("run_"):
+        info = api.run_info(task_id)
+        if info is not None:
+            if as_json:
+                print_json(info)
+            else:
+                from launcher.cli_runs import show_run
+
+                show_run(info)
+            return
+    record = api.task(task_id)
     if record is None:
         fail(f"no task {task_id!r}", 2)
     if as_json:
@@ -120,7 +131,8 @@ def resume(swarm: SwarmOption = None) -> None:
 
 @app.command()
 def cost(
-    by: Annotated[str, typer.Option("--by", help="worker, host, pool, model or task")] = "worker",
+    by: Annotated[str, typer.Option(
+        "--by", help="worker, host, pool, model, run or task")] = "worker",
     since: Annotated[Optional[str], typer.Option(
         "--since", help="Only the last DURATION (e.g. 1h).")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="With --by task: how many.")] = 20,

@@ -137,6 +137,45 @@ class Swarm:
         record["finding"] = self.finding_of(task_id) if finding_id else None
         return record
 
+    # --- runs: a goal for a lead (launcher/runs.py) -----------------------------------
+
+    def run(self, goal: str, pool: str | None = None, budget_usd: float | None = None,
+            max_tasks: int | None = None, max_in_flight: int | None = None,
+            files: Iterable[str] = ()) -> str:
+        """Give a lead pool a goal; returns the run's id. Limits not given are the lead
+        pool's. SubmitError if it cannot start."""
+        from launcher import runs
+
+        _check_text(goal)
+        try:
+            return runs.start(self.redis, self.name, goal, pool, budget_usd, max_tasks,
+                              max_in_flight, files)
+        except runs.RunError as exc:
+            raise SubmitError(str(exc)) from None
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest runs first: state, tasks handed out and back, spend, budget."""
+        from launcher import runs
+
+        return runs.listing(self.redis, self.name, limit)
+
+    def run_info(self, run_id: str) -> dict[str, Any] | None:
+        """A run as a tree: its record, spend, each task and its finding, its result."""
+        from launcher import runs
+
+        return runs.tree(self.redis, self.name, run_id)
+
+    def wait_run(self, run_id: str, timeout: float | None = None,
+                 on_progress: Any = None) -> dict[str, Any]:
+        """Block until the run ends (TimeoutError after ``timeout``); returns
+        ``run_info``. ``on_progress(summary)`` is called as the run moves on."""
+        from launcher import runs
+
+        try:
+            return runs.wait(self.redis, self.name, run_id, timeout, on_progress)
+        except runs.RunError as exc:
+            raise SwarmError(str(exc)) from None
+
     # --- hosts: scale and stop ------------------------------------------------------
 
     def hosts(self) -> dict[str, bool]:

@@ -17,7 +17,7 @@ from launcher import columns
 from workers import keys, ledger_format
 
 METRICS = ledger_format.METRICS
-DIMS = ("worker", "host", "pool", "model", "task")
+DIMS = ("worker", "host", "pool", "model", "run", "task")
 
 
 @dataclass

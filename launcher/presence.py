@@ -79,6 +79,7 @@ class Presence:
         pipe.hset(keys.meta(name), mapping={
             "state": "running",
             "default_pool": str(self.spec.default_pool),
+            "leads": ",".join(n for n, pool in self.spec.pools.items() if pool.role == "lead"),
             "reference_model": self.reference_model or "",
             "price_source": price_source(sorted(self.spec.prices)),
             "redis": "embedded" if self.embedded else "external",

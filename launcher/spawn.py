@@ -8,9 +8,12 @@ import signal
 import sys
 import traceback
 
+from decimal import Decimal
+
 from launcher.slot import Slot
-from launcher.spec import SwarmSpec
-from workers.config import SEED_LISTENERS, WorkerConfig
+from launcher.spec import Pool, SwarmSpec
+from workers.config import SEED_LISTENERS, Delegate, WorkerConfig
+from workers.pricing import PriceBook, Rates, Usage
 from workers.jail import Fence
 from workers.proc import die_with_parent
 from workers.redis_target import RedisTarget
@@ -41,7 +44,32 @@ def config_for(spec: SwarmSpec, slot: Slot, host: str, redis: RedisTarget, paren
         budget_usd=spec.budget_usd, pool_budget_usd=pool.budget_usd,
         rate_limit=(spec.rate_limits[pool.model].model_dump()
                     if pool.model in spec.rate_limits else {}),
+        role=pool.role, escalate_to=pool.escalate_to,
+        delegates={name: delegate(spec, name) for name in pool.delegates_to},
+        run_defaults=run_defaults(pool),
     )
+
+
+def delegate(spec: SwarmSpec, name: str) -> Delegate:
+    """A pool as a lead sees it: its model and what one of its tasks can cost at most:
+    its ``max_cost_usd``, else ``max_turns`` answers of ``max_tokens`` each."""
+    pool = spec.pools[name]
+    prices = PriceBook({m: Rates(**{k: Decimal(str(v)) for k, v in r.rates().items()})
+                        for m, r in spec.prices.items()})
+    if pool.max_cost_usd is not None:
+        worst = int(Decimal(str(pool.max_cost_usd)) * 10**9)
+    else:
+        worst = prices.nano(pool.model, Usage(output=pool.max_turns * pool.max_tokens)) or 0
+    return Delegate(pool.model, worst, prices.knows(pool.model))
+
+
+def run_defaults(pool: Pool) -> dict[str, int]:
+    """A lead pool's limits per run, as the run's record holds them."""
+    if pool.role != "lead" or pool.run is None:
+        return {}
+    budget = pool.run.budget_usd
+    return {"budget_nano": 0 if budget is None else int(Decimal(str(budget)) * 10**9),
+            "max_tasks": pool.run.max_tasks, "max_in_flight": pool.run.max_in_flight}
 
 
 def fork_worker(cfg: WorkerConfig, close_in_child: list[int]) -> tuple[int, int]:

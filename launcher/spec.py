@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from launcher.spec_roles import role_problems
 from launcher.spec_model import (  # noqa: F401 - the spec's names, importable from here
     NAME,
     Backoff,
@@ -68,6 +69,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         spec = SwarmSpec.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, lines, label) from None
+    for loc, problem in role_problems(spec):
+        raise SpecError(f"{label}:{_line_of(loc, lines)}: {_dotted(loc)}: {problem}")
     _resolve(spec, path, lines, label)
     if spec.host is None and environ.get("SWARM_HOST"):
         if not NAME.match(environ["SWARM_HOST"]):

@@ -122,6 +122,8 @@ class Tools(_Model):
     list: bool = True
     grep: bool = True
     shell: bool = Field(False, description="run shell commands, in a sandbox by default")
+    hand_back: bool = Field(True, description="the worker may hand a task back when it "
+                            "needs deeper reasoning (to a run's lead, or to escalate_to)")
     shell_timeout: Duration = Field(30.0, gt=0)
     shell_sandbox: bool = Field(
         True, description="false: commands run unsandboxed, as the worker's user, with "
@@ -172,8 +174,26 @@ class RateLimit(_Model):
     tpm: Count | None = Field(None, ge=1, description="input+output tokens per minute")
 
 
+class RunLimits(_Model):
+    """A lead pool's limits for each run (`swarm run` can set its own)."""
+
+    budget_usd: float | None = Field(
+        2.0, gt=0, description="what a run may spend (its lead and its tasks); null: none")
+    max_tasks: Count = Field(50, ge=1, le=100_000, description="tasks a run hands out")
+    max_in_flight: Count = Field(10, ge=1, le=100_000, description="tasks running at once")
+
+
 class Pool(_Model):
     model: str = Field(min_length=1, description="the Claude model id")
+    role: Literal["worker", "lead"] = Field(
+        "worker", description="worker: runs tasks; lead: runs goals (`swarm run`), handing "
+        "tasks to the pools in delegates_to")
+    delegates_to: list[str] = Field(
+        default_factory=list, description="a lead's: the worker pools it hands tasks to")
+    escalate_to: str | None = Field(
+        None, description="a worker pool's: where a task its worker handed back (needs "
+        "deeper reasoning) runs again, when it is part of no run")
+    run: RunLimits | None = Field(None, description="a lead's limits per run")
     workers: Count = Field(1, ge=1, le=4096)
     concurrency: Count = Field(1, ge=1, le=10_000, description="tasks in flight per worker")
     heartbeat: Heartbeat = Field(default_factory=Heartbeat)
@@ -266,8 +286,9 @@ class SwarmSpec(_Model):
 
     @model_validator(mode="after")
     def _default_pool_exists(self) -> SwarmSpec:
-        if self.default_pool is None:
-            self.default_pool = next(iter(self.pools))
+        if self.default_pool is None:  # the first worker pool (a lead's must be given)
+            self.default_pool = next((n for n, p in self.pools.items() if p.role == "worker"),
+                                     next(iter(self.pools)))
         elif self.default_pool not in self.pools:
             raise ValueError(f"default_pool {self.default_pool!r} is not one of the pools")
         return self

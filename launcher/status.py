@@ -170,6 +170,7 @@ def render(view: dict[str, Any]) -> Any:
     tasks_line = Text(
         f"tasks: {t['queued']} queued, {t['running']} in flight, {t['done']} done, "
         f"{t['failed']} failed ({t['dead']} dead-lettered)"
+        + (f", {t['handed_back']} handed back" if t.get("handed_back") else "")
     )
     if view["paused"]:
         tasks_line.append(f"  PAUSED: {view['paused']}", style="bold red")

@@ -21,7 +21,7 @@ class Book:
     def __init__(self) -> None:
         self.said: list[str] = []
 
-    async def begin(self, task_id: str, size: int, max_tokens: int) -> str:
+    async def begin(self, task_id: str, size: int, max_tokens: int, run: str = "") -> str:
         self.said.append("begin")
         return "call"
 

@@ -33,7 +33,7 @@ class Book:
         self.usages: list[Usage] = []
         self.misses: list[str] = []
 
-    async def begin(self, task_id: str, size: int, max_tokens: int) -> str:
+    async def begin(self, task_id: str, size: int, max_tokens: int, run: str = "") -> str:
         return "call"
 
     async def settle(self, call: Any, usage: Usage, miss_reason: str = "") -> int:

@@ -82,8 +82,15 @@ def test_the_example_spec_loads_with_its_written_values() -> None:
     assert spec.logs.backups == 3
     assert spec.stop_grace == 30.0
     assert spec.kill_grace == 2.0
-    assert list(spec.pools) == ["haiku"]
+    assert list(spec.pools) == ["haiku", "lead"]
+    assert spec.default_pool == "haiku"
+    lead = spec.pools["lead"]
+    assert (lead.role, lead.delegates_to, lead.model) == ("lead", ["haiku"], "claude-sonnet-4-6")
+    assert lead.run is not None and (lead.run.budget_usd, lead.run.max_tasks,
+                                     lead.run.max_in_flight) == (2, 50, 10)
+    assert (lead.tools.write, lead.tools.edit, lead.tools.read) == (False, False, True)
     pool = spec.pools["haiku"]
+    assert (pool.role, pool.delegates_to, pool.escalate_to, pool.run) == ("worker", [], None, None)
     assert pool.model == "claude-haiku-4-5"
     assert pool.workers == 2
     assert pool.concurrency == 8
@@ -100,17 +107,20 @@ def test_the_example_spec_loads_with_its_written_values() -> None:
     assert pool.tools.shell is False and pool.tools.shell_sandbox is True
     assert pool.env == {}
     assert pool.on_start is None
-    assert list(iter_worker_ids(spec)) == [("haiku", "haiku-1"), ("haiku", "haiku-2")]
+    assert list(iter_worker_ids(spec)) == [("haiku", "haiku-1"), ("haiku", "haiku-2"),
+                                           ("lead", "lead-1")]
     assert spec.pool_of("haiku-2") == "haiku"
 
 
 def test_the_example_spec_takes_its_variables_from_the_environment() -> None:
     spec = load(
         EXAMPLE,
-        environ={"SWARM_REDIS_URL": "redis://localhost:6379/0", "SWARM_MODEL": "claude-x"},
+        environ={"SWARM_REDIS_URL": "redis://localhost:6379/0", "SWARM_MODEL": "claude-x",
+                 "SWARM_LEAD_MODEL": "claude-y"},
     )
     assert spec.redis == "redis://localhost:6379/0"
     assert spec.pools["haiku"].model == "claude-x"
+    assert spec.pools["lead"].model == "claude-y"
 
 
 def test_load_reads_os_environ_when_no_environ_is_given(
@@ -808,3 +818,62 @@ documents = st.fixed_dictionaries(
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_load_of_any_yaml_document_is_a_spec_or_a_one_line_error(data: Any) -> None:
     load_anything(yaml.safe_dump(data, allow_unicode=True), ENVIRON)
+
+
+# --- roles: leads delegate to worker pools; workers never delegate ----------------------
+
+ROLES = """\
+pools:
+  cheap:
+    model: m
+{cheap}
+  strong:
+    model: m
+{strong}
+  boss:
+    model: m
+    role: lead
+{boss}
+"""
+
+
+def roles(cheap: str = "", strong: str = "", boss: str = "    delegates_to: [cheap]\n",
+          extra: str = "") -> str:
+    return extra + ROLES.format(cheap=cheap, strong=strong, boss=boss)
+
+
+@pytest.mark.parametrize("text, where, words", [
+    (roles(cheap="    delegates_to: [strong]\n"), "swarm.yaml:4: pools.cheap.delegates_to",
+     "workers cannot delegate"),
+    (roles(boss=""), "swarm.yaml:8: pools.boss", "a lead needs the worker pools"),
+    (roles(boss="    delegates_to: [nobody]\n"), "swarm.yaml:11: pools.boss.delegates_to",
+     "no pool 'nobody'"),
+    (roles(strong="    role: lead\n    delegates_to: [cheap]\n",
+           boss="    delegates_to: [strong]\n"),
+     "swarm.yaml:13: pools.boss.delegates_to", "'strong' is a lead pool"),
+    (roles(cheap="    escalate_to: strong\n", strong="    escalate_to: cheap\n"),
+     "swarm.yaml:4: pools.cheap.escalate_to", "comes back round to 'cheap'"),
+    (roles(cheap="    escalate_to: boss\n"), "swarm.yaml:4: pools.cheap.escalate_to",
+     "'boss' is not a worker pool"),
+    (roles(cheap="    run: {max_tasks: 3}\n"), "swarm.yaml:4: pools.cheap.run",
+     "is for lead pools"),
+    (roles(extra="default_pool: boss\n"), "swarm.yaml:1: default_pool", "is a lead pool"),
+    (roles(boss="    delegates_to: [cheap]\n    run: {max_tasks: 0}\n"),
+     "swarm.yaml:12: pools.boss.run.max_tasks", "must be >= 1"),
+])
+def test_roles_that_do_not_fit_are_refused_with_where(here: Path, text: str, where: str,
+                                                      words: str) -> None:
+    message = load_error(text)
+    assert message.startswith(where) or where in message, message
+    assert words in message, message
+
+
+def test_a_lead_gets_its_run_limits_and_the_first_worker_pool_is_the_default(
+        here: Path) -> None:
+    spec = load_text("pools:\n  boss:\n    model: m\n    role: lead\n"
+                     "    delegates_to: [cheap]\n  cheap:\n    model: m\n"
+                     "    escalate_to: strong\n  strong:\n    model: m\n")
+    assert spec.default_pool == "cheap"
+    run = spec.pools["boss"].run
+    assert run is not None and (run.budget_usd, run.max_tasks, run.max_in_flight) == (2, 50, 10)
+    assert spec.pools["cheap"].escalate_to == "strong"

@@ -131,9 +131,12 @@ def test_absolute_paths_inside_are_allowed(work: Path, box: Toolbox) -> None:
 
 def test_definitions_offer_only_enabled_tools(work: Path) -> None:
     names = [d["name"] for d in Toolbox(work, ToolSettings()).definitions()]
-    assert names == ["read_file", "write_file", "edit_file", "list_files", "grep"]
-    some = Toolbox(work, ToolSettings(write=False, edit=False, grep=False, shell=True))
+    assert names == ["read_file", "write_file", "edit_file", "list_files", "grep", "hand_back"]
+    some = Toolbox(work, ToolSettings(write=False, edit=False, grep=False, shell=True,
+                                      hand_back=False))
     assert [d["name"] for d in some.definitions()] == ["read_file", "list_files", "shell"]
+    with pytest.raises(ToolError, match="refused: the hand_back tool is off"):
+        run(some, "hand_back", reason="too hard")
     for definition in some.definitions():
         assert set(definition) == {"name", "description", "input_schema"}
         assert definition["input_schema"]["type"] == "object"

@@ -31,7 +31,7 @@ from workers.payload import Task
 from workers.prefix_gate import PrefixGate
 from workers.pricing import Usage
 from workers.prompt import system_blocks
-from workers.tools import Toolbox, ToolError
+from workers.tools import HandBack, Toolbox, ToolError
 
 MAX_CONTINUATIONS = 2  # of an answer cut off at max_tokens
 CONVERSATION_CACHE = {"type": "ephemeral"}  # 5 minutes: the turns come seconds apart
@@ -57,7 +57,7 @@ class SpendLimitReached(Exception):
 
 @dataclass
 class Outcome:
-    status: str  # done | failed
+    status: str  # done | failed | handed_back (the worker says it needs deeper reasoning)
     result: str
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
@@ -68,6 +68,9 @@ class Outcome:
     nano: int | None = 0  # what the calls cost, as the ledger priced them (None: unknown)
     stop_reason: str | None = None  # the last call's
     truncated: bool = False  # the answer was cut off at max_tokens, and left so
+    tool_calls: int = 0  # tools the model ran: evidence of work done (0: it looked at nothing)
+    partial: str | None = None  # a lead's run that ended at this limit
+    extra: dict[str, Any] = field(default_factory=dict)  # more for the finding (a run's)
 
 
 class Agent:
@@ -85,38 +88,25 @@ class Agent:
         self.caller = Caller(client, ledger, max_tokens, gate) if client else None
 
     async def run(self, task: Task, toolbox: Toolbox, context: str | None,
-                  task_id: str = "") -> Outcome:
+                  task_id: str = "", run_context: str | None = None) -> Outcome:
         outcome = Outcome("failed", "")
         if self.caller is None:
             outcome.error = self.missing_key or "no API client"
             return outcome
-        try:
-            await self._turns(task, toolbox, context, task_id, outcome)
-        except SPEND_LIMIT_ERRORS as exc:
-            # the spend-limit errors are RateLimitError (a 429), an APIStatusError
-            raise SpendLimitReached(_api_message(cast(anthropic.APIStatusError, exc))) from None
-        except anthropic.AuthenticationError as exc:
-            outcome.error = f"API authentication failed (401): {_api_message(exc)}"
-        except anthropic.PermissionDeniedError as exc:
-            outcome.error = f"API permission denied (403): {_api_message(exc)}"
-        except anthropic.BadRequestError as exc:
-            outcome.error = f"API rejected the request (400): {_api_message(exc)}"
-        except anthropic.APIStatusError as exc:
-            outcome.error = f"API error {exc.status_code} after retries: {_api_message(exc)}"
-        except anthropic.APIConnectionError as exc:
-            outcome.error = f"cannot reach the API: {exc}"
-        except CutOff as exc:
-            outcome.error = str(exc)
+        with api_errors(outcome):
+            await self._turns(task, toolbox, context, task_id, outcome, run_context)
         outcome.files_changed = sorted(toolbox.files_changed)
         outcome.citations = sorted(set(_FINDING_ID.findall(task.description + outcome.result)))
         return outcome
 
     async def _turns(self, task: Task, toolbox: Toolbox, context: str | None, task_id: str,
-                     outcome: Outcome) -> None:
+                     outcome: Outcome, run_context: str | None = None) -> None:
         assert self.caller is not None
         messages: list[dict[str, Any]] = [{"role": "user", "content": _user_text(task)}]
         tools = toolbox.definitions()
-        base = self.base_request(tools, context)
+        base = self.base_request(tools, context, run_context)
+        run = str(task.extra.get("run") or "")
+        cap, cap_name = _cap(self.max_cost_nano, task.extra.get("max_cost_nano"))
         previous: str | None = None  # the last message's id
         pieces: list[str] = []  # an answer cut off at max_tokens, being continued
         continued = 0
@@ -124,26 +114,31 @@ class Agent:
             request = {**base, "messages": messages}
             if previous is not None:  # the API then says why a cache missed
                 request["diagnostics"] = {"previous_message_id": previous}
-            answer = await self.caller.call(task_id, request, first=turn == 1)
+            answer = await self.caller.call(task_id, request, first=turn == 1, run=run)
             message, previous = answer.message, answer.message.id
             outcome.usage.add(answer.usage)
             outcome.calls += 1
             outcome.nano = (None if answer.nano is None or outcome.nano is None
                             else outcome.nano + answer.nano)
             outcome.turns, outcome.stop_reason = turn, message.stop_reason
-            text = _text_of(message.content)
-            content = _as_params(message.content)
+            text = text_of(message.content)
+            content = as_params(message.content)
             if message.stop_reason == "tool_use":
-                over = self._over_budget(outcome)
+                over = over_budget(outcome, cap, cap_name)
                 if over:
                     outcome.result, outcome.error = text, over
                     return
-                _assistant_turn(messages, content)
-                messages.append({"role": "user",
-                                 "content": await _run_tools(message.content, toolbox)})
+                assistant_turn(messages, content)
+                try:
+                    results = await run_tools(message.content, toolbox, outcome)
+                except HandBack as back:
+                    outcome.status, outcome.result = "handed_back", back.reason
+                    outcome.error = f"handed back: {back.reason}"
+                    return
+                messages.append({"role": "user", "content": results})
                 pieces, continued = [], 0
             elif message.stop_reason == "pause_turn":  # the API paused a long turn: go on
-                _assistant_turn(messages, content)
+                assistant_turn(messages, content)
             elif message.stop_reason == "max_tokens" and continued < MAX_CONTINUATIONS \
                     and _ends_in_text(content):
                 continued += 1
@@ -164,38 +159,86 @@ class Agent:
         outcome.result = text
         outcome.error = f"stopped after max_turns ({self.max_turns}) without finishing"
 
-    def base_request(self, tools: list[dict[str, Any]], context: str | None) -> dict[str, Any]:
+    def base_request(self, tools: list[dict[str, Any]], context: str | None,
+                     run_context: str | None = None) -> dict[str, Any]:
         """What every turn of a task sends besides its messages: the shared prefix with
         its breakpoint, and the top-level marker that caches the conversation."""
         return {"model": self.model, "max_tokens": self.max_tokens,
-                "system": system_blocks(context, self.cache_ttl),
+                "system": system_blocks(context, self.cache_ttl, run_context=run_context),
                 "cache_control": CONVERSATION_CACHE, **({"tools": tools} if tools else {})}
 
-    def _over_budget(self, outcome: Outcome) -> str | None:
-        """Why the task must stop for its own cost limit, or None."""
-        if self.max_cost_nano is None or outcome.nano is None:
-            return None
-        if outcome.nano < self.max_cost_nano:
-            return None
-        return (f"task cost limit reached: ${outcome.nano / 1e9:.6f} of max_cost_usd "
-                f"${self.max_cost_nano / 1e9:g}")
+
+class api_errors:
+    """Turns what the API and the stream can raise into the outcome's error (the
+    account's spend limit goes on up: the whole swarm must stop)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+    def __enter__(self) -> api_errors:
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        outcome = self.outcome
+        if isinstance(exc, SPEND_LIMIT_ERRORS):
+            # the spend-limit errors are RateLimitError (a 429), an APIStatusError
+            raise SpendLimitReached(_api_message(cast(anthropic.APIStatusError, exc))) from None
+        if isinstance(exc, anthropic.AuthenticationError):
+            outcome.error = f"API authentication failed (401): {_api_message(exc)}"
+        elif isinstance(exc, anthropic.PermissionDeniedError):
+            outcome.error = f"API permission denied (403): {_api_message(exc)}"
+        elif isinstance(exc, anthropic.BadRequestError):
+            outcome.error = f"API rejected the request (400): {_api_message(exc)}"
+        elif isinstance(exc, anthropic.APIStatusError):
+            outcome.error = f"API error {exc.status_code} after retries: {_api_message(exc)}"
+        elif isinstance(exc, anthropic.APIConnectionError):
+            outcome.error = f"cannot reach the API: {exc}"
+        elif isinstance(exc, CutOff):
+            outcome.error = str(exc)
+        else:
+            return False
+        outcome.status = "failed"
+        return True
+
+
+def over_budget(outcome: Outcome, cap: int | None, name: str) -> str | None:
+    """Why the task must stop for its own cost limit, or None."""
+    if cap is None or outcome.nano is None or outcome.nano < cap:
+        return None
+    return f"task cost limit reached: ${outcome.nano / 1e9:.6f} of {name} ${cap / 1e9:g}"
+
+
+def _cap(pool_cap: int | None, run_cap: Any) -> tuple[int | None, str]:
+    """The task's cost limit and its name: its pool's, or what its run reserved for it
+    if that is lower."""
+    if isinstance(run_cap, int) and not isinstance(run_cap, bool) and run_cap > 0 and (
+            pool_cap is None or run_cap < pool_cap):
+        return run_cap, "what its run reserved for it,"
+    return pool_cap, "max_cost_usd"
 
 
 def _user_text(task: Task) -> str:
-    if not task.files:
-        return task.description
-    return task.description + "\n\nFiles:\n" + "\n".join(f"- {f}" for f in task.files)
+    text = task.description
+    if task.files:
+        text += "\n\nFiles:\n" + "\n".join(f"- {f}" for f in task.files)
+    earlier = task.extra.get("handed_back")
+    if isinstance(earlier, list) and earlier:
+        text += "\n\nHanded back before by a worker of another pool, who said:\n" + "\n".join(
+            f"- ({e.get('pool')}) {e.get('reason')}" for e in earlier if isinstance(e, dict))
+    return text
 
 
-def _as_params(content: list[Any]) -> list[dict[str, Any]]:
+def as_params(content: list[Any]) -> list[dict[str, Any]]:
     return [block.model_dump(exclude_none=True) for block in content]
 
 
-def _text_of(content: list[Any]) -> str:
+def text_of(content: list[Any]) -> str:
     return "\n".join(b.text for b in content if getattr(b, "type", "") == "text").strip()
 
 
-def _assistant_turn(messages: list[dict[str, Any]], content: list[dict[str, Any]]) -> None:
+def assistant_turn(messages: list[dict[str, Any]], content: list[dict[str, Any]]) -> None:
     """Append the model's turn; a turn that continues one already sent back (a paused
     turn, an answer cut off at max_tokens) is joined to it: the API takes one
     assistant message at a time."""
@@ -217,11 +260,16 @@ def _ends_in_text(content: list[dict[str, Any]]) -> bool:
 
 
 
-async def _run_tools(content: list[Any], toolbox: Toolbox) -> list[dict[str, Any]]:
+async def run_tools(content: list[Any], toolbox: Toolbox,
+                    outcome: Outcome | None = None) -> list[dict[str, Any]]:
+    """Run the tool calls of one answer, in order; their results for the next turn. A
+    ``hand_back`` call ends the task (``HandBack`` goes up)."""
     results = []
     for block in content:
         if getattr(block, "type", "") != "tool_use":
             continue
+        if outcome is not None:
+            outcome.tool_calls += 1
         try:
             text, is_error = await toolbox.run(block.name, dict(block.input or {})), False
         except ToolError as exc:

@@ -46,12 +46,13 @@ class Caller:
         self.gate = gate
         self.streaming = False  # set for good once the SDK asks for it
 
-    async def call(self, task_id: str, request: dict[str, Any], first: bool) -> Answer:
+    async def call(self, task_id: str, request: dict[str, Any], first: bool,
+                   run: str = "") -> Answer:
         """Send ``request``. The first call of a task over a shared prefix that may be
         cold goes through the prefix gate (one writes, the others then read)."""
         ticket = await self.gate.enter(request) if first and self.gate else None
         try:
-            answer = await self._metered(task_id, request)
+            answer = await self._metered(task_id, request, run)
         except BaseException:
             if ticket is not None:
                 await asyncio.shield(ticket.leave(None))
@@ -60,12 +61,12 @@ class Caller:
             await ticket.leave(answer.usage)
         return answer
 
-    async def _metered(self, task_id: str, request: dict[str, Any]) -> Answer:
+    async def _metered(self, task_id: str, request: dict[str, Any], run: str) -> Answer:
         ledger = self.ledger
         call = None
         if ledger is not None:
             size = len(json.dumps(request, default=str))
-            call = await ledger.begin(task_id, size, self.max_tokens)
+            call = await ledger.begin(task_id, size, self.max_tokens, run)
         sent = [False]  # the request has left (a stream is open, or create was called)
         try:
             message = await self._send(request, sent)

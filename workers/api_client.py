@@ -10,6 +10,8 @@ from typing import Any
 
 from workers import keys
 from workers.agent import Agent
+from workers.api_call import Caller
+from workers.lead import Lead
 from workers.config import WorkerConfig
 from workers.ledger import Ledger
 from workers.prefix_gate import PrefixGate
@@ -20,16 +22,18 @@ CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
 log = logging.getLogger("swarm.worker")
 
 
-def make_agent(cfg: WorkerConfig, redis: Any) -> Agent:
-    """The agent of this process: its SDK client, its ledger and its limits."""
+def make_agent(cfg: WorkerConfig, redis: Any) -> Agent | Lead:
+    """The agent of this process (a lead, in a lead pool): its SDK client, its ledger
+    and its limits."""
+    prices = price_book(cfg)
     if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         reason = "ANTHROPIC_API_KEY is not set: set it in the environment of `swarm up`"
         log.error(reason)
+        if cfg.role == "lead":
+            return Lead(None, cfg, redis, None, prices, missing_key=reason)
         return Agent(None, cfg.model, cfg.max_turns, cfg.max_tokens, missing_key=reason)
     import anthropic
 
-    prices = PriceBook({model: Rates(**{k: Decimal(str(v)) for k, v in rates.items()})
-                        for model, rates in cfg.prices.items()})
     if not prices.knows(cfg.model):
         log.warning("no price for model %s: its tokens are counted, its cost is not",
                     cfg.model)
@@ -41,8 +45,16 @@ def make_agent(cfg: WorkerConfig, redis: Any) -> Agent:
     limit = None if cfg.max_cost_usd is None else int(Decimal(str(cfg.max_cost_usd)) * 10**9)
     gate = PrefixGate(redis, cfg.swarm, keys.consumer(cfg.worker_id, cfg.generation),
                       CACHE_TTL_S[cfg.cache_ttl])
+    if cfg.role == "lead":
+        return Lead(client, cfg, redis, Caller(client, ledger, cfg.max_tokens, gate), prices)
     return Agent(client, cfg.model, cfg.max_turns, cfg.max_tokens, ledger=ledger,
                  max_cost_nano=limit, cache_ttl=cfg.cache_ttl, gate=gate)
+
+
+def price_book(cfg: WorkerConfig) -> PriceBook:
+    """The price data, with the spec's overrides."""
+    return PriceBook({model: Rates(**{k: Decimal(str(v)) for k, v in rates.items()})
+                      for model, rates in cfg.prices.items()})
 
 
 def _http_client(cfg: WorkerConfig, ledger: Any) -> Any:

@@ -53,3 +53,17 @@ class WorkerConfig:
     budget_usd: float | None = None  # the swarm's
     pool_budget_usd: float | None = None
     rate_limit: dict[str, int | None] = field(default_factory=dict)  # rpm, tpm of our model
+    role: str = "worker"  # or "lead": runs goals (workers/lead.py)
+    escalate_to: str | None = None  # where a task handed back outside a run goes
+    # a lead's: the pools it may hand tasks to, and their worst case per task
+    delegates: dict[str, Delegate] = field(default_factory=dict)
+    run_defaults: dict[str, int] = field(default_factory=dict)  # budget_nano, max_tasks...
+
+
+@dataclass(frozen=True)
+class Delegate:
+    """A pool a lead may hand tasks to, as the lead needs to know it."""
+
+    model: str
+    worst_nano: int  # what one task can cost at most (its cap when a run hands it out)
+    priced: bool = True  # the model has a price (else no budget can be kept)

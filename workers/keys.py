@@ -149,7 +149,10 @@ GROUP = "workers"
 
 def task_meta(swarm: str, task_id: str) -> str:
     """Hash: swarm's record of a task: state (queued, running, done, failed, dead,
-    elsewhere), pool, attempts, submitted/started/finished, worker, finding, error."""
+    elsewhere, handed_back), pool, attempts, submitted/started/finished, worker,
+    finding, error; for a task of a run, the run and the worst case its hand-out
+    reserved (reserve, 0 once it finished); escalated_from for a task handed back to a
+    stronger pool."""
     return f"{_ns(swarm)}:task:{task_id}"
 
 
@@ -177,9 +180,10 @@ def paused(swarm: str, pool: str | None = None) -> str:
 
 def ledger(swarm: str) -> str:
     """Hash: every cost counter, pre-aggregated. Fields are ``{dim}|{key}|{metric}`` with
-    dim total (key ``*``), worker, host, pool or model, and metric calls, input, output,
-    cache_write, cache_read, nano (cost, 1e-9 USD), ref_nano (the same tokens on the
-    reference model), unpriced_calls, lost_calls, lost_bound_nano."""
+    dim total (key ``*``), worker, host, pool, model or run (the calls of a run's lead
+    and tasks), and metric calls, input, output, cache_write, cache_read, nano (cost,
+    1e-9 USD), ref_nano (the same tokens on the reference model), unpriced_calls,
+    lost_calls, lost_bound_nano."""
     return f"{_ns(swarm)}:ledger"
 
 
@@ -221,7 +225,52 @@ def cooldown(swarm: str, model: str) -> str:
     return f"{_ns(swarm)}:rate:{model}:cooldown"
 
 
+# --- runs: a lead's goal and the tasks it hands out (workers/lead.py) ------------------
+
+
+def runs(swarm: str) -> str:
+    """Sorted set: run ids by creation time (`swarm runs`)."""
+    return f"{_ns(swarm)}:runs"
+
+
+def run(swarm: str, run_id: str) -> str:
+    """Hash: a run: goal, lead pool, state (queued, running, done, partial, failed),
+    its limits (budget_nano, max_tasks, max_in_flight), what it handed out (handed),
+    what came back (finished), the worst cases reserved for tasks in flight
+    (reserved_nano), the limit it hit (limit), its finding and times."""
+    return f"{_ns(swarm)}:run:{run_id}"
+
+
+def run_tasks(swarm: str, run_id: str) -> str:
+    """List: the ids of the tasks a run handed out, in order."""
+    return f"{_ns(swarm)}:run:{run_id}:tasks"
+
+
+def run_events(swarm: str, run_id: str) -> str:
+    """Stream: one entry (task, finding, status) per task of the run that finished,
+    in the order they did; the lead reads on from the last entry it saw."""
+    return f"{_ns(swarm)}:run:{run_id}:findings"
+
+
+def run_findings(swarm: str, run_id: str) -> str:
+    """Set: the finding ids of the run's tasks (what its synthesis may cite)."""
+    return f"{_ns(swarm)}:run:{run_id}:cited"
+
+
+def run_checkpoint(swarm: str, run_id: str) -> str:
+    """String: the lead's conversation and place, JSON, rewritten after every turn, so
+    another lead worker resumes the run where the last one died."""
+    return f"{_ns(swarm)}:run:{run_id}:checkpoint"
+
+
+def run_context(swarm: str, run_id: str) -> str:
+    """String: the shared context the lead set for its run's tasks (after
+    ``context:active`` in their system prompt)."""
+    return f"{_ns(swarm)}:run:{run_id}:context"
+
+
 HOST_LEASE_MS = 10_000  # a host whose supervisor is silent this long is lost
 LEDGER_MINUTE_TTL = 8 * 24 * 3600
 EVENTS_MAXLEN = 10_000
+RUN_TTL = 30 * 24 * 3600  # a run's checkpoint and context outlive it this long
 DEAD_MAXLEN = 10_000

@@ -25,6 +25,7 @@ class Call:
     task_id: str
     bound: int
     tokens: float  # what the token bucket was charged before the call
+    run: str = ""  # the run the task is part of
 
 
 class Ledger:
@@ -52,7 +53,8 @@ class Ledger:
         self._inflight = keys.inflight(swarm)
         self._seed_cost = keys.seed_cost(family(model))
 
-    async def begin(self, task_id: str, request_chars: int, max_tokens: int) -> Call:
+    async def begin(self, task_id: str, request_chars: int, max_tokens: int,
+                    run: str = "") -> Call:
         """Wait until the swarm-wide limits admit the call, and register it in flight
         (one script, one round trip). The input can be no more tokens than it has
         characters, so the bound holds whatever the tokenizer does."""
@@ -63,13 +65,13 @@ class Ledger:
             tokens = min(tokens, max(1, self.tpm / 60))
         entry = json.dumps({"worker": self.worker_id, "host": self.host, "pool": self.pool,
                             "model": self.model, "task": task_id, "bound": bound,
-                            "ts": round(time.time(), 3)})
+                            "run": run, "ts": round(time.time(), 3)})
         while True:
             wait_ms = await until_redis(lambda: self._acquire(
                 keys=[self._rate, self._cooldown, self._inflight],
                 args=[self.rpm, self.tpm, tokens, field, entry]), f"admitting a call of {task_id}")
             if not wait_ms:
-                return Call(field, task_id, bound, tokens)
+                return Call(field, task_id, bound, tokens, run)
             self.waited += wait_ms / 1000
             await asyncio.sleep(min(wait_ms, 60_000) / 1000)
 
@@ -91,7 +93,7 @@ class Ledger:
                        usage.input, usage.output, usage.cache_creation, usage.cache_read,
                        -1 if nano is None else nano, -1 if ref is None else ref, self.host,
                        keys.LEDGER_MINUTE_TTL, usage.cache_creation_1h,
-                       -1 if nocache is None else nocache, _safe(miss_reason)]
+                       -1 if nocache is None else nocache, _safe(miss_reason), call.run]
         await until_redis(lambda: self._record_once(call, record_keys, record_args, nano,
                                                     call.tokens - usage.total),
                           f"recording a call of task {call.task_id}")

@@ -4,7 +4,7 @@ the same fields in Lua; everything in Python reads and writes them through here.
 
 from __future__ import annotations
 
-DIMS = ("total", "worker", "host", "pool", "model")  # total's one key is '*'
+DIMS = ("total", "worker", "host", "pool", "model", "run")  # total's one key is '*'
 METRICS = ("calls", "input", "output", "cache_write", "cache_write_1h", "cache_read", "nano",
            "ref_nano", "nocache_nano", "unpriced_calls", "lost_calls", "lost_bound_nano")
 MISS = "miss_"  # then the API's cache_miss_reason type: calls whose cache missed, and why

@@ -18,11 +18,13 @@ from workers import keys
 # ARGV: in-flight field, worker, pool, model, task, input, output, cache_write,
 #       cache_read, nano (-1: unknown model), ref_nano (-1: unknown), host, bucket ttl,
 #       cache_write_1h (part of cache_write), nocache_nano (the same tokens with no cache
-#       read or written; -1: unknown), cache miss reason ('' if none was said)
+#       read or written; -1: unknown), cache miss reason ('' if none was said), run ('' if
+#       the task is in none)
 RECORD = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 local dims = {'total|*', 'worker|' .. ARGV[2], 'pool|' .. ARGV[3], 'model|' .. ARGV[4],
               'host|' .. ARGV[12]}
+if ARGV[17] ~= '' then dims[#dims + 1] = 'run|' .. ARGV[17] end
 local counts = {input = ARGV[6], output = ARGV[7], cache_write = ARGV[8],
                 cache_read = ARGV[9], cache_write_1h = ARGV[14]}
 local nano, ref, nocache = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[15])
@@ -69,6 +71,7 @@ repeat
     local call = cjson.decode(items[i + 1])
     local dims = {'total|*', 'worker|' .. call.worker, 'pool|' .. call.pool,
                   'model|' .. call.model, 'host|' .. (call.host or '?')}
+    if call.run and call.run ~= '' then dims[#dims + 1] = 'run|' .. call.run end
     for _, hash in ipairs({KEYS[2], KEYS[3]}) do
       for _, d in ipairs(dims) do
         redis.call('HINCRBY', hash, d .. '|lost_calls', 1)

@@ -90,3 +90,12 @@ def route(raw: str, default_pool: str, pools: tuple[str, ...]) -> str:
     except (ValueError, AttributeError, RecursionError):
         return default_pool
     return wanted if isinstance(wanted, str) and wanted in pools else default_pool
+
+
+def run_of(raw: str | bytes | None) -> str:
+    """The run a payload's task belongs to (its ``run`` field), or ''."""
+    try:
+        run = json.loads(raw or "").get("run")
+    except (ValueError, AttributeError, RecursionError, UnicodeDecodeError):
+        return ""
+    return run if isinstance(run, str) else ""

@@ -74,9 +74,14 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return 'run'
 """
 
-# KEYS: meta, seed result, finding, counts, queue, dead list
-# ARGV: finding id, finding json, status (done|failed), now, entry id, group, task id,
-#       error, dead-letter json ('' for none), dead maxlen
+# KEYS: meta, seed result, finding, counts, queue, dead list, run, run's findings
+#       stream, run's finding set (the last three only used for a task of a run)
+# ARGV: finding id, finding json, status (done|failed|handed_back), now, entry id, group,
+#       task id, error, dead-letter json ('' for none), dead maxlen, role in a run ('':
+#       none, 'child': a task the lead handed out, 'lead': the run's own task), the
+#       run's final state (for the lead: done|partial|failed)
+# A child's finish releases what its hand-out reserved and tells the lead (its stream);
+# the lead's finish ends the run. Both with the result, so exactly once.
 # Returns 1 if this call recorded the result, 0 if the task already had one.
 FINISH = """
 redis.call('XACK', KEYS[5], ARGV[6], ARGV[5])
@@ -96,8 +101,46 @@ end
 redis.call('HINCRBY', KEYS[4], final, 1)
 redis.call('HSET', KEYS[1], 'state', final, 'finished', ARGV[4], 'finding', ARGV[1],
            'error', ARGV[8])
+if ARGV[11] == 'child' then
+  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserve') or '0')
+  if reserved > 0 then
+    redis.call('HINCRBY', KEYS[7], 'reserved_nano', -reserved)
+    redis.call('HSET', KEYS[1], 'reserve', 0)
+  end
+  redis.call('HINCRBY', KEYS[7], 'finished', 1)
+  redis.call('XADD', KEYS[8], '*', 'task', ARGV[7], 'finding', ARGV[1], 'status', final)
+  redis.call('SADD', KEYS[9], ARGV[1])
+elseif ARGV[11] == 'lead' then
+  local run_state = ARGV[12]
+  if final == 'dead' then run_state = 'failed' end
+  redis.call('HSET', KEYS[7], 'state', run_state, 'finding', ARGV[1], 'finished_at', ARGV[4],
+             'error', ARGV[8])
+end
 redis.call('PUBLISH', 'channel:findings', ARGV[1])
 redis.call('PUBLISH', 'channel:completions', ARGV[7])
+return 1
+"""
+
+# A task handed back by a worker of a pool with ``escalate_to``, outside any run: moved
+# to the escalation pool's queue as a new try there (its attempts start again; the
+# payload already says why it came back and where it has been).
+# KEYS: meta, seed claim, counts, this pool's queue, the escalation pool's queue, payload
+# ARGV: entry id, group, task id, claim value, escalation pool, reason, new payload
+# Returns 1 if moved, 0 if the task was no longer ours (its delivery taken back).
+ESCALATE = """
+if redis.call('XACK', KEYS[4], ARGV[2], ARGV[1]) == 0 then return 0 end
+redis.call('XDEL', KEYS[4], ARGV[1])
+if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'running' then
+  redis.call('HINCRBY', KEYS[3], 'running', -1)
+  redis.call('HINCRBY', KEYS[3], 'queued', 1)
+end
+local from = redis.call('HGET', KEYS[1], 'pool') or ''
+redis.call('HSET', KEYS[1], 'state', 'queued', 'pool', ARGV[5], 'attempts', 0,
+           'escalated_from', from, 'error', ARGV[6])
+redis.call('SET', KEYS[6], ARGV[7])
+redis.call('XADD', KEYS[5], '*', 'task', ARGV[3])
 return 1
 """
 
@@ -162,12 +205,27 @@ def start_args(swarm: str, task_id: str, claimant: str, ttl: int, now: float,
 
 def finish_args(swarm: str, pool: str, task_id: str, entry_id: str, finding_id: str,
                 finding_json: str, status: str, error: str, dead_json: str,
-                now: float) -> tuple[list[str], list[str]]:
+                now: float, run_id: str = "", role: str = "",
+                run_state: str = "") -> tuple[list[str], list[str]]:
+    """``run_id`` and ``role`` ('child' or 'lead') for a task of a run; ``run_state``
+    the run's end (the lead's task)."""
     return (
         [keys.task_meta(swarm, task_id), keys.task_result(task_id), keys.finding(finding_id),
-         keys.counts(swarm), keys.queue(swarm, pool), keys.dead(swarm)],
+         keys.counts(swarm), keys.queue(swarm, pool), keys.dead(swarm),
+         keys.run(swarm, run_id), keys.run_events(swarm, run_id),
+         keys.run_findings(swarm, run_id)],
         [finding_id, finding_json, status, f"{now:.6f}", entry_id, keys.GROUP, task_id,
-         error, dead_json, str(keys.DEAD_MAXLEN)],
+         error, dead_json, str(keys.DEAD_MAXLEN), role if run_id else "", run_state],
+    )
+
+
+def escalate_args(swarm: str, pool: str, to_pool: str, task_id: str, entry_id: str,
+                  claimant: str, reason: str,
+                  new_payload: str) -> tuple[list[str], list[str]]:
+    return (
+        [keys.task_meta(swarm, task_id), keys.task_claimed(task_id), keys.counts(swarm),
+         keys.queue(swarm, pool), keys.queue(swarm, to_pool), keys.task(task_id)],
+        [entry_id, keys.GROUP, task_id, claimant, to_pool, reason, new_payload],
     )
 
 

@@ -13,9 +13,20 @@ class TaskState(StrEnum):
     FAILED = "failed"
     DEAD = "dead"  # failed and dead-lettered (its attempts used up, or unrunnable)
     ELSEWHERE = "elsewhere"  # claimed by a worker outside this swarm
+    HANDED_BACK = "handed_back"  # its worker said it needs deeper reasoning
 
 
-FINISHED = (TaskState.DONE, TaskState.FAILED, TaskState.DEAD)
+FINISHED = (TaskState.DONE, TaskState.FAILED, TaskState.DEAD, TaskState.HANDED_BACK)
+
+
+class RunState(StrEnum):
+    """A run's state (`swarm runs`); partial: it ended at a limit, with what it had."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    PARTIAL = "partial"
+    FAILED = "failed"
 
 
 class WorkerState(StrEnum):

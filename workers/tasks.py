@@ -21,6 +21,7 @@ import redis
 
 from workers import keys, payload, scripts
 from workers.agent import Agent, Outcome, SpendLimitReached
+from workers.lead import Lead
 from workers.budgets import budgets
 from workers.config import WorkerConfig
 from workers.pricing import Usage
@@ -35,8 +36,8 @@ log = logging.getLogger("swarm.worker")
 class TaskRunner:
     """One worker process's tasks: ``concurrency`` at a time on its event loop."""
 
-    def __init__(self, cfg: WorkerConfig, redis_client: Any, report: Report, agent: Agent,
-                 toolbox: Callable[[], Toolbox]) -> None:
+    def __init__(self, cfg: WorkerConfig, redis_client: Any, report: Report,
+                 agent: Agent | Lead, toolbox: Callable[[], Toolbox]) -> None:
         self.cfg = cfg
         self.redis = redis_client
         self.report = report
@@ -50,6 +51,7 @@ class TaskRunner:
         self._start_sha = ""  # loaded at boot; used inside a pipeline by its sha
         self._finish = redis_client.register_script(scripts.FINISH)
         self._hand_back = redis_client.register_script(scripts.HAND_BACK)
+        self._escalate = redis_client.register_script(scripts.ESCALATE)
         self._budgets = budgets(cfg.budget_usd, {cfg.pool: cfg.pool_budget_usd})
 
     # --- reading the queue ---------------------------------------------------------
@@ -156,23 +158,34 @@ class TaskRunner:
             if verdict.startswith("taken:"):
                 log.info("task %s: claimed by %s, not ours", task_id, verdict[6:])
             return
+        run = self._run_of(raw, task_id)
         if verdict == "exhausted":
             reason = f"gave up after {self.cfg.max_attempts} attempts"
             if last_error:
                 reason += f"; last: {last_error}"
-            await self._record(entry_id, task_id, _describe(raw), _failed(reason), dead=True)
+            await self._record(entry_id, task_id, _describe(raw), _failed(reason), run,
+                               dead=True)
             return
         try:
             task = payload.parse(raw)
         except payload.PayloadError as exc:
-            await self._record(entry_id, task_id, _describe(raw), _failed(str(exc)), dead=True)
+            await self._record(entry_id, task_id, _describe(raw), _failed(str(exc)), run,
+                               dead=True)
             return
+        run_context = None
+        if run and self.cfg.role != "lead":
+            run_context = await until_redis(
+                lambda: self.redis.get(keys.run_context(self.cfg.swarm, run)),
+                f"reading the context of run {run}")
         self.report.task_started(task_id)
         try:
-            outcome = await self._execute(task, context, task_id)
+            outcome = await self._execute(task, context, task_id, run_context)
         finally:
             self.report.task_ended(task_id)
-        await self._record(entry_id, task_id, task.description, outcome)
+        if outcome.status == TaskState.HANDED_BACK and not run and \
+                await self._escalated(entry_id, task_id, task, outcome):
+            return
+        await self._record(entry_id, task_id, task.description, outcome, run)
 
     async def _start_pipeline(self, k: list[str], a: list[str], task_id: str) -> list[Any]:
         """Claim, payload, shared context, last error and spending: one round trip."""
@@ -214,11 +227,38 @@ class TaskRunner:
         await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
         return True
 
-    async def _execute(self, task: payload.Task, context: str | None, task_id: str) -> Outcome:
+    def _run_of(self, raw: Any, task_id: str) -> str:
+        """The run a task belongs to ('' if none); a lead's task is its run's own."""
+        run = payload.run_of(raw)
+        return (run or task_id) if self.cfg.role == "lead" else run
+
+    async def _escalated(self, entry_id: str, task_id: str, task: payload.Task,
+                         outcome: Outcome) -> bool:
+        """A task handed back outside a run goes on to the pool's ``escalate_to``, once
+        per pool; True if it went."""
+        target = self.cfg.escalate_to
+        earlier = task.extra.get("handed_back")
+        earlier = earlier if isinstance(earlier, list) else []
+        been = {self.cfg.pool, *(e.get("pool") for e in earlier if isinstance(e, dict))}
+        if not target or target in been:
+            return False
+        note = {"pool": self.cfg.pool, "worker": self.cfg.worker_id, "reason": outcome.result}
+        moved = payload.Task(task.description, task.files, target,
+                             {**task.extra, "handed_back": [*earlier, note]})
+        reason = f"handed back by {self.cfg.pool}: {outcome.result}"[:500]
+        k, a = scripts.escalate_args(self.cfg.swarm, self.cfg.pool, target, task_id, entry_id,
+                                     self.consumer, reason, payload.dump(moved))
+        if await until_redis(lambda: self._escalate(keys=k, args=a), f"escalating {task_id}"):
+            log.info("task %s handed back; escalated to pool %s", task_id, target)
+            self.report.task_ended(task_id)
+        return True
+
+    async def _execute(self, task: payload.Task, context: str | None, task_id: str,
+                       run_context: str | None = None) -> Outcome:
         toolbox = self.toolbox()
         try:
             async with asyncio.timeout(self.cfg.task_timeout):
-                return await self.agent.run(task, toolbox, context, task_id)
+                return await self.agent.run(task, toolbox, context, task_id, run_context)
         except TimeoutError:
             outcome = _failed(f"task timeout after {self.cfg.task_timeout:g}s")
         except SpendLimitReached as exc:
@@ -228,13 +268,17 @@ class TaskRunner:
         return outcome
 
     async def _record(self, entry_id: str, task_id: str, description: str,
-                      outcome: Outcome, dead: bool = False) -> None:
+                      outcome: Outcome, run: str = "", dead: bool = False) -> None:
         finding = self.finding(task_id, description, outcome)
         dead_json = json.dumps({"task": task_id, "reason": outcome.error, "ts": time.time(),
                                 "worker": self.cfg.worker_id}) if dead else ""
+        lead = self.cfg.role == "lead"
+        run_state = ("failed" if outcome.status != TaskState.DONE else
+                     "partial" if outcome.partial else "done")
         k, a = scripts.finish_args(
             self.cfg.swarm, self.cfg.pool, task_id, entry_id, finding["finding_id"],
-            json.dumps(finding), outcome.status, outcome.error or "", dead_json, time.time())
+            json.dumps(finding), outcome.status, outcome.error or "", dead_json, time.time(),
+            run, "lead" if lead else "child", run_state)
         recorded = await until_redis(lambda: self._finish(keys=k, args=a),
                                      f"recording task {task_id}")
         if not recorded:
@@ -266,8 +310,10 @@ class TaskRunner:
             "stop_reason": outcome.stop_reason,
             "truncated": outcome.truncated,
             "api_calls": outcome.calls,
+            "tool_calls": outcome.tool_calls,
             "usage": vars(outcome.usage),
             "cost_nano_usd": nano,
+            **outcome.extra,
         }
 
     async def _ack(self, entry_id: str) -> None:

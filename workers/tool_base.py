@@ -21,6 +21,7 @@ class ToolSettings:
     list: bool = True
     grep: bool = True
     shell: bool = False
+    hand_back: bool = True  # the worker may say a task needs deeper reasoning
     shell_timeout: float = 30.0
     shell_sandbox: bool = True
     shell_network: bool = False

@@ -44,7 +44,16 @@ _CHUNK = 65536
 _BINARY_PROBE = 8192
 _executor: ThreadPoolExecutor | None = None
 
-__all__ = ["ToolError", "ToolSettings", "Toolbox", "glob_regex"]
+__all__ = ["HandBack", "ToolError", "ToolSettings", "Toolbox", "glob_regex"]
+
+
+class HandBack(Exception):
+    """The model handed its task back (it needs deeper reasoning): the task ends here,
+    with the model's reason, and no pretence of an answer."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 # --- tool definitions (Messages API) ---------------------------------------------------
@@ -78,6 +87,11 @@ _DEFINITIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
              "`path:line: text` for each matching line.",
              _schema({"pattern": _STR, "glob": {"type": "string", "default": "**/*"},
                       "ignore_case": {"type": "boolean", "default": False}}, ["pattern"])),
+    "hand_back": ("hand_back", "Hand the task back instead of answering it, when it "
+                  "needs deeper reasoning than you can give or cannot be done with your "
+                  "tools: say why in `reason`. The task ends at once; a stronger model "
+                  "may take it up.",
+                  _schema({"reason": _STR}, ["reason"])),
     "shell": ("shell", "Run a shell command (/bin/sh -c) in the working directory; "
               "returns its exit code and combined output.",
               _schema({"command": _STR,
@@ -117,6 +131,9 @@ class Toolbox:
             raise ToolError(f"refused: the {name} tool is off for this pool")
         if not isinstance(tool_input, dict):
             raise ToolError("tool input must be an object")
+        if name == "hand_back":
+            reason = arg(tool_input, "reason", str).strip()
+            raise HandBack(reason[:2000] or "(no reason given)")
         try:
             if name == "shell":
                 return await self._shell(tool_input)

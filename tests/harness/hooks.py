@@ -49,10 +49,11 @@ def poison_before_call(worker: object) -> None:
 
     original = Agent.run
 
-    async def run(self, task, toolbox, context, task_id=""):  # type: ignore[no-untyped-def]
+    async def run(self, task, toolbox, context, task_id="",  # type: ignore[no-untyped-def]
+                  run_context=None):
         if "poison" in task.description:
             raise RuntimeError("poisoned before the call")
-        return await original(self, task, toolbox, context, task_id)
+        return await original(self, task, toolbox, context, task_id, run_context)
 
     Agent.run = run  # type: ignore[method-assign]
 

@@ -1,0 +1,52 @@
+"""How a spec's pools fit together by role: a lead hands tasks to worker pools only;
+workers never delegate; escalation goes to another worker pool and never comes round.
+launcher/spec.py reports the first problem with its file and line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from launcher.spec_model import RunLimits, SwarmSpec
+
+
+def role_problems(spec: SwarmSpec) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(where, what) for each way the pools' roles do not fit together: a lead hands
+    tasks to worker pools only; workers never delegate; escalation goes to another
+    worker pool and never comes round again."""
+    pools = spec.pools
+    for name, pool in pools.items():
+        at = ("pools", name)
+        if pool.role == "lead":
+            if not pool.delegates_to:
+                yield at + ("delegates_to",), "a lead needs the worker pools it hands tasks to"
+            for target in pool.delegates_to:
+                if target not in pools:
+                    yield at + ("delegates_to",), f"no pool {target!r}"
+                elif pools[target].role != "worker":
+                    yield at + ("delegates_to",), (f"{target!r} is a {pools[target].role} "
+                                                   "pool; leads hand tasks to worker pools")
+            if pool.escalate_to:
+                yield at + ("escalate_to",), "is for worker pools"
+            if pool.run is None:
+                pool.run = RunLimits()
+        else:
+            if pool.delegates_to:
+                yield at + ("delegates_to",), "workers cannot delegate (only role: lead)"
+            if pool.run is not None:
+                yield at + ("run",), "is for lead pools (role: lead)"
+            seen, step = {name}, pool.escalate_to
+            while step:
+                if step not in pools:
+                    yield at + ("escalate_to",), f"no pool {step!r}"
+                    break
+                if pools[step].role != "worker":
+                    yield at + ("escalate_to",), f"{step!r} is not a worker pool"
+                    break
+                if step in seen:
+                    yield at + ("escalate_to",), f"escalation comes back round to {step!r}"
+                    break
+                seen.add(step)
+                step = pools[step].escalate_to
+    if pools[str(spec.default_pool)].role != "worker":
+        yield ("default_pool",), (f"{spec.default_pool!r} is a lead pool; tasks without a "
+                                  "pool go to a worker pool")
