@@ -103,6 +103,7 @@ def test_the_example_spec_loads_with_its_written_values() -> None:
     assert pool.restart.reset_after == 30.0
     assert pool.memory_limit == 2**30
     assert pool.task_timeout == 600.0
+    assert pool.max_cost_usd == 0.10
     assert pool.workdir == ROOT / "work"
     assert pool.tools.shell is False and pool.tools.shell_sandbox is True
     assert pool.env == {}
