@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from launcher import cli_mcp  # noqa: F401 - registers mcp, statusline
 from launcher import cli_runs  # noqa: F401 - registers run, runs
 from launcher import cli_work  # noqa: F401 - registers submit, tasks, show, resume, cost
 from launcher import control
@@ -50,9 +51,9 @@ def up(
         up_mod.check_shell_sandbox(spec)
     except up_mod.UpError as exc:
         fail(str(exc), 2)
-    warning = up_mod.persistence_warning(spec)
-    if warning:
-        err.print(f"swarm: warning: {warning}", markup=False, soft_wrap=True)
+    for warning in [up_mod.persistence_warning(spec), *up_mod.archive_warnings(spec)]:
+        if warning:
+            err.print(f"swarm: warning: {warning}", markup=False, soft_wrap=True)
     try:
         if detach:
             pid, problem = up_mod.detach(spec, spec_path, wait)

@@ -97,6 +97,10 @@ class Swarm:
         if pool not in pools:
             raise SubmitError(f"swarm '{self.name}' has no pool {pool!r} "
                               f"(pools: {', '.join(sorted(pools))})")
+        for role, how in (("leads", "give it a goal with `swarm run`"),
+                          ("librarians", "ask it with query:archive:{uuid}")):
+            if pool in (meta.get(role) or "").split(","):
+                raise SubmitError(f"pool {pool!r} is a {role[:-1]} pool: {how}")
         return pool
 
     def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -175,6 +179,25 @@ class Swarm:
             return runs.wait(self.redis, self.name, run_id, timeout, on_progress)
         except runs.RunError as exc:
             raise SwarmError(str(exc)) from None
+
+    # --- findings: search and read (workers/findings_index.py) ------------------------
+
+    def search_findings(self, query: str, limit: int = 10,
+                        run: str | None = None) -> list[dict[str, Any]]:
+        """The findings that best match ``query``'s words (finding_id, task_id, status,
+        pool, excerpt), among the newest (a bounded scan) or ``run``'s own."""
+        from workers.findings_index import search_sync
+
+        return search_sync(self.redis, self.name, query, limit, run)
+
+    def finding(self, finding_id: str) -> dict[str, Any] | None:
+        """A finding, whole."""
+        raw = self.redis.get(keys.finding(finding_id))
+        try:
+            found = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
 
     # --- hosts: scale and stop ------------------------------------------------------
 

@@ -79,7 +79,10 @@ class Presence:
         pipe.hset(keys.meta(name), mapping={
             "state": "running",
             "default_pool": str(self.spec.default_pool),
+            "budget_usd": "" if self.spec.budget_usd is None else str(self.spec.budget_usd),
             "leads": ",".join(n for n, pool in self.spec.pools.items() if pool.role == "lead"),
+            "librarians": ",".join(n for n, pool in self.spec.pools.items()
+                                   if pool.role == "librarian"),
             "reference_model": self.reference_model or "",
             "price_source": price_source(sorted(self.spec.prices)),
             "redis": "embedded" if self.embedded else "external",

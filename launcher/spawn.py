@@ -37,14 +37,16 @@ def config_for(spec: SwarmSpec, slot: Slot, host: str, redis: RedisTarget, paren
         on_start=pool.on_start, parent_pid=parent_pid, default_pool=str(spec.default_pool),
         seed_listener=spec.seed_protocol and slot.index <= SEED_LISTENERS,
         pools=tuple(spec.pools), max_attempts=pool.max_attempts, max_turns=pool.max_turns,
-        max_tokens=pool.max_tokens, max_retries=pool.max_retries, cache_ttl=pool.cache_ttl,
+        max_tokens=pool.max_tokens, max_retries=pool.max_retries,
+        cache_ttl="1h" if pool.role == "librarian" else pool.cache_ttl,
         tools=pool.tools.model_dump(mode="json"), fence=fence,
         prices={model: rates.rates() for model, rates in spec.prices.items()},
         reference_model=reference_model, max_cost_usd=pool.max_cost_usd,
         budget_usd=spec.budget_usd, pool_budget_usd=pool.budget_usd,
         rate_limit=(spec.rate_limits[pool.model].model_dump()
                     if pool.model in spec.rate_limits else {}),
-        role=pool.role, escalate_to=pool.escalate_to,
+        role=pool.role, escalate_to=pool.escalate_to, archive=tuple(pool.archive),
+        librarians=tuple(n for n, p in spec.pools.items() if p.role == "librarian"),
         delegates={name: delegate(spec, name) for name in pool.delegates_to},
         run_defaults=run_defaults(pool),
     )

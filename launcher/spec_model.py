@@ -124,6 +124,11 @@ class Tools(_Model):
     shell: bool = Field(False, description="run shell commands, in a sandbox by default")
     hand_back: bool = Field(True, description="the worker may hand a task back when it "
                             "needs deeper reasoning (to a run's lead, or to escalate_to)")
+    findings: bool = Field(True, description="search the swarm's findings and read them")
+    ask_librarian: bool = Field(True, description="ask the swarm's librarian pool about "
+                                "its archive (where it has one)")
+    librarian_timeout: Duration = Field(60.0, gt=0, description="how long a question to "
+                                        "the librarian may take; then the worker goes on")
     shell_timeout: Duration = Field(30.0, gt=0)
     shell_sandbox: bool = Field(
         True, description="false: commands run unsandboxed, as the worker's user, with "
@@ -185,9 +190,13 @@ class RunLimits(_Model):
 
 class Pool(_Model):
     model: str = Field(min_length=1, description="the Claude model id")
-    role: Literal["worker", "lead"] = Field(
+    role: Literal["worker", "lead", "librarian"] = Field(
         "worker", description="worker: runs tasks; lead: runs goals (`swarm run`), handing "
-        "tasks to the pools in delegates_to")
+        "tasks to the pools in delegates_to; librarian: answers questions about its archive "
+        "(query:archive:{uuid})")
+    archive: list[str] = Field(
+        default_factory=list, description="a librarian's: files or globs under its "
+        "workdir, read at start and when they change")
     delegates_to: list[str] = Field(
         default_factory=list, description="a lead's: the worker pools it hands tasks to")
     escalate_to: str | None = Field(

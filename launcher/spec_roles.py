@@ -29,7 +29,15 @@ def role_problems(spec: SwarmSpec) -> Iterator[tuple[tuple[str, ...], str]]:
                 yield at + ("escalate_to",), "is for worker pools"
             if pool.run is None:
                 pool.run = RunLimits()
+        elif pool.role == "librarian":
+            if not pool.archive:
+                yield at + ("archive",), "a librarian needs its archive (files or globs)"
+            for field in ("delegates_to", "escalate_to", "run"):
+                if getattr(pool, field):
+                    yield at + (field,), "is not for a librarian"
         else:
+            if pool.archive:
+                yield at + ("archive",), "is for librarian pools (role: librarian)"
             if pool.delegates_to:
                 yield at + ("delegates_to",), "workers cannot delegate (only role: lead)"
             if pool.run is not None:

@@ -53,6 +53,26 @@ def check_shell_sandbox(spec: SwarmSpec) -> None:
                     "false to run them unsandboxed, as the worker's user (see README)")
 
 
+def archive_warnings(spec: SwarmSpec) -> list[str]:
+    """Librarian archives too short for their model to cache (at about 4 characters a
+    token): every question then pays for the whole archive, and the API does not say."""
+    from workers.pricing import cache_min_tokens
+
+    found = []
+    for name, pool in spec.pools.items():
+        if pool.role != "librarian":
+            continue
+        files = {path for pattern in pool.archive for path in pool.workdir.glob(pattern)
+                 if path.is_file()}
+        chars = sum(path.stat().st_size for path in files)
+        least = cache_min_tokens(pool.model)
+        if chars // 4 < least:
+            found.append(f"pool {name}: its archive is about {chars // 4:,} tokens, under the "
+                         f"{least:,} {pool.model} caches at least: every question will pay "
+                         "for the whole archive")
+    return found
+
+
 def persistence_warning(spec: SwarmSpec) -> str | None:
     """One line if the external Redis would lose queued work on a restart (and what to
     set), else None. The embedded Redis keeps an append-only file; it is not asked."""

@@ -859,6 +859,14 @@ def roles(cheap: str = "", strong: str = "", boss: str = "    delegates_to: [che
     (roles(cheap="    run: {max_tasks: 3}\n"), "swarm.yaml:4: pools.cheap.run",
      "is for lead pools"),
     (roles(extra="default_pool: boss\n"), "swarm.yaml:1: default_pool", "is a lead pool"),
+    (roles(strong="    role: librarian\n"), "swarm.yaml:5: pools.strong.archive",
+     "a librarian needs its archive"),
+    (roles(strong="    role: librarian\n    archive: [a.md]\n    escalate_to: cheap\n"),
+     "swarm.yaml:9: pools.strong.escalate_to", "is not for a librarian"),
+    (roles(cheap="    archive: [a.md]\n"), "swarm.yaml:4: pools.cheap.archive",
+     "is for librarian pools"),
+    (roles(boss="    delegates_to: [strong]\n", strong="    role: librarian\n"
+           "    archive: [a.md]\n"), "pools.boss.delegates_to", "'strong' is a librarian pool"),
     (roles(boss="    delegates_to: [cheap]\n    run: {max_tasks: 0}\n"),
      "swarm.yaml:12: pools.boss.run.max_tasks", "must be >= 1"),
 ])
@@ -878,3 +886,17 @@ def test_a_lead_gets_its_run_limits_and_the_first_worker_pool_is_the_default(
     run = spec.pools["boss"].run
     assert run is not None and (run.budget_usd, run.max_tasks, run.max_in_flight) == (2, 50, 10)
     assert spec.pools["cheap"].escalate_to == "strong"
+
+
+def test_up_warns_when_a_librarians_archive_is_too_short_to_cache(here: Path) -> None:
+    from launcher.up import archive_warnings
+
+    (here / "archive").mkdir()
+    (here / "archive" / "a.md").write_text("x" * 8000)  # ~2,000 tokens
+    text = ("pools:\n  w:\n    model: m\n  lib:\n    model: {model}\n    role: librarian\n"
+            "    archive: ['archive/*.md']\n")
+    haiku = archive_warnings(load_text(text.format(model="claude-haiku-4-5")))
+    assert haiku == ["pool lib: its archive is about 2,000 tokens, under the 4,096 "
+                     "claude-haiku-4-5 caches at least: every question will pay for the "
+                     "whole archive"]
+    assert archive_warnings(load_text(text.format(model="claude-sonnet-4-6"))) == []

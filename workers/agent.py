@@ -96,7 +96,8 @@ class Agent:
         with api_errors(outcome):
             await self._turns(task, toolbox, context, task_id, outcome, run_context)
         outcome.files_changed = sorted(toolbox.files_changed)
-        outcome.citations = sorted(set(_FINDING_ID.findall(task.description + outcome.result)))
+        outcome.citations = sorted(set(_FINDING_ID.findall(task.description + outcome.result))
+                                   | toolbox.findings_read)
         return outcome
 
     async def _turns(self, task: Task, toolbox: Toolbox, context: str | None, task_id: str,

@@ -53,7 +53,9 @@ class WorkerConfig:
     budget_usd: float | None = None  # the swarm's
     pool_budget_usd: float | None = None
     rate_limit: dict[str, int | None] = field(default_factory=dict)  # rpm, tpm of our model
-    role: str = "worker"  # or "lead": runs goals (workers/lead.py)
+    role: str = "worker"  # or "lead": runs goals (workers/lead.py); or "librarian"
+    librarians: tuple[str, ...] = ()  # the swarm's librarian pools (ask_librarian)
+    archive: tuple[str, ...] = ()  # a librarian's: globs of its archive, under its workdir
     escalate_to: str | None = None  # where a task handed back outside a run goes
     # a lead's: the pools it may hand tasks to, and their worst case per task
     delegates: dict[str, Delegate] = field(default_factory=dict)

@@ -46,6 +46,24 @@ def seed_cost(family: str) -> str:
     return f"cost:{family}"
 
 
+CHANNEL_RESPONSES = "channel:responses"
+
+
+def archive_query(query_id: str) -> str:
+    """The seed's librarian question: a string (plain text, or JSON with ``question``)."""
+    return f"query:archive:{query_id}"
+
+
+def archive_claimed(query_id: str) -> str:
+    """Which librarian answers the question (``SET NX EX``, as a task's claim)."""
+    return f"query:archive:{query_id}:claimed"
+
+
+def archive_response(query_id: str) -> str:
+    """The librarian's answer (text), announced by its id on ``channel:responses``."""
+    return f"response:archive:{query_id}"
+
+
 # --- who is who ----------------------------------------------------------------------
 #
 # A swarm runs on hosts; a host runs slots (``<pool>-<n>``); a slot runs one worker
@@ -223,6 +241,18 @@ def rate(swarm: str, model: str) -> str:
 def cooldown(swarm: str, model: str) -> str:
     """String with a TTL: after a 429, no worker calls ``model`` until it expires."""
     return f"{_ns(swarm)}:rate:{model}:cooldown"
+
+
+def finding_docs(swarm: str) -> str:
+    """List, newest first, capped: a search document per finding (workers/findings_index.py:
+    its id, task, status, pool and the lower-cased start of its task and result)."""
+    return f"{_ns(swarm)}:findings:docs"
+
+
+def librarian_asking(swarm: str, question: str) -> str:
+    """String with an expiry: the id of the question being answered now that has this
+    text (its hash): identical questions in flight are answered once."""
+    return f"{_ns(swarm)}:librarian:asking:{question}"
 
 
 # --- runs: a lead's goal and the tasks it hands out (workers/lead.py) ------------------

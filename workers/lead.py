@@ -83,7 +83,8 @@ class _Run:
         self.outcome = outcome
         self.book = RunBook(lead.redis, self.cfg.swarm, run_id)
         self.deadline = time.monotonic() + max(1.0, self.cfg.task_timeout - TIME_MARGIN)
-        tools = [*DEFINITIONS, *(d for d in toolbox.definitions() if d["name"] != "hand_back")]
+        tools = [*DEFINITIONS, *(d for d in toolbox.definitions()
+                                 if d["name"] != "hand_back" and d["name"] not in NAMES)]
         self.base: dict[str, Any] = {
             "model": self.cfg.model, "max_tokens": self.cfg.max_tokens,
             "system": lead_blocks(context, _delegates(self.cfg), self.cfg.cache_ttl),

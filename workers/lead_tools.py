@@ -18,6 +18,7 @@ from typing import Any
 
 from workers import keys
 from workers.config import WorkerConfig
+from workers.findings_index import Lookup
 from workers.run_book import RunBook
 from workers.tool_base import ToolError, arg, positive, seconds
 
@@ -25,7 +26,6 @@ SUMMARY_CHARS = 1500  # of a finding's result, as it arrives
 MAX_PER_WAIT = 10  # findings per wait_for_findings
 READ_CHARS = 40_000  # of a finding's result, read whole
 CONTEXT_CHARS = 50_000  # the run's shared context, at most
-SEARCH_SCAN = 2000  # findings a search looks at, at most (the run's, then the newest)
 MAX_HAND_OUT = 100  # tasks in one hand_out call
 
 _OBJ = {"type": "object"}
@@ -47,6 +47,9 @@ DEFINITIONS: list[dict[str, Any]] = [
          "files": {"type": "array", "items": {"type": "string"},
                    "description": "paths under the workdir it should look at"},
          "pool": {"type": "string", "description": "which pool (default the first)"},
+         "lookup": {"type": "string", "enum": ["swarm", "run"], "description":
+                    "which findings the worker may search: the swarm's (default) or "
+                    "this run's only"},
      }, ["objective", "output"])}}, ["tasks"])},
     {"name": "wait_for_findings",
      "description": "Wait for the next findings of tasks you handed out: returns as soon as "
@@ -60,9 +63,10 @@ DEFINITIONS: list[dict[str, Any]] = [
     {"name": "read_finding", "description": "Read one finding whole.",
      "input_schema": _schema({"finding_id": {"type": "string"}}, ["finding_id"])},
     {"name": "search_findings",
-     "description": "Search this run's findings and the swarm's newest ones for words; "
-     "returns the ids and a short excerpt of each match.",
+     "description": "Search findings for words: this run's (scope run, the default) or "
+     "the whole swarm's newest; returns the ids and a short excerpt of each match.",
      "input_schema": _schema({"query": {"type": "string"},
+                              "scope": {"type": "string", "enum": ["run", "swarm"]},
                               "limit": {"type": "integer", "minimum": 1, "maximum": 20}},
                              ["query"])},
     {"name": "set_context",
@@ -156,6 +160,8 @@ class RunTools:
         payload = {"description": description, "files": files, "pool": pool,
                    "swarm": self.cfg.swarm, "run": self.book.run_id,
                    "max_cost_nano": delegate.worst_nano}
+        if spec.get("lookup") == "run":
+            payload["lookup_run"] = self.book.run_id
         verdict, why = await self.book.hand_out(task_id, pool, delegate.worst_nano,
                                                 self.keep(), payload)
         if verdict == "refused":
@@ -217,32 +223,9 @@ class RunTools:
                 + f"RESULT:\n{_body(finding, READ_CHARS)}")
 
     async def _search(self, args: dict[str, Any]) -> str:
-        words = [w for w in arg(args, "query", str).lower().split() if w]
-        if not words:
-            raise ToolError("query is empty")
-        limit = min(positive(args, "limit") or 10, 20)
-        ids = list(await self.book.findings())[:SEARCH_SCAN]
-        if len(ids) < SEARCH_SCAN:
-            newest = await self.redis.zrevrange(keys.tasks(self.cfg.swarm), 0,
-                                                SEARCH_SCAN - len(ids) - 1)
-            pipe = self.redis.pipeline(transaction=False)
-            for task_id in newest:
-                pipe.hget(keys.task_meta(self.cfg.swarm, task_id), "finding")
-            ids += [f for f in await pipe.execute() if f and f not in ids]
-        hits: list[str] = []
-        for start in range(0, len(ids), 200):
-            chunk = ids[start:start + 200]
-            for fid, raw in zip(chunk, await self.redis.mget([keys.finding(i) for i in chunk])):
-                finding = _load(raw)
-                text = f"{finding.get('task', '')}\n{finding.get('result', '')}"
-                low = text.lower()
-                if raw and all(w in low for w in words):
-                    at = max(0, low.find(words[0]) - 60)
-                    hits.append(f"[{fid}] task {finding.get('task_id', '?')} "
-                                f"({finding.get('status', '?')}): …{_one_line(text[at:], 240)}")
-                    if len(hits) >= limit:
-                        return "\n".join(hits)
-        return "\n".join(hits) or f"(no finding among the {len(ids)} searched matches)"
+        run = self.book.run_id if arg(args, "scope", str, "run") == "run" else None
+        return await Lookup(self.redis, self.cfg.swarm, run).search_text(
+            arg(args, "query", str), min(positive(args, "limit") or 10, 20))
 
     async def _set_context(self, args: dict[str, Any]) -> str:
         text = arg(args, "text", str)

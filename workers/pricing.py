@@ -213,3 +213,14 @@ def family(model: str) -> str:
         if name in model:
             return name
     return model
+
+
+# The API's minimum cacheable prompt length, by model-name prefix (Anthropic's prompt
+# caching docs): below it a prefix is not cached, and nothing says so.
+_CACHE_MIN = (("claude-opus-4-5", 4096), ("claude-haiku-4-5", 4096),
+              ("claude-3-5-haiku", 2048), ("claude-3-haiku", 2048))
+
+
+def cache_min_tokens(model: str) -> int:
+    """The shortest prefix ``model`` caches, in tokens (1,024 where not listed)."""
+    return next((n for prefix, n in _CACHE_MIN if model.startswith(prefix)), 1024)

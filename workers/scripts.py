@@ -10,6 +10,7 @@ ARGV lists in the order each script expects.
 from __future__ import annotations
 
 from workers import keys
+from workers.findings_index import DOCS_MAX
 
 # KEYS: meta, queue, tasks, counts, seed result, seed claim
 # ARGV: task id, pool, source, now
@@ -75,11 +76,13 @@ return 'run'
 """
 
 # KEYS: meta, seed result, finding, counts, queue, dead list, run, run's findings
-#       stream, run's finding set (the last three only used for a task of a run)
+#       stream, run's finding set (the last three only used for a task of a run), the
+#       findings' search documents
 # ARGV: finding id, finding json, status (done|failed|handed_back), now, entry id, group,
 #       task id, error, dead-letter json ('' for none), dead maxlen, role in a run ('':
 #       none, 'child': a task the lead handed out, 'lead': the run's own task), the
-#       run's final state (for the lead: done|partial|failed)
+#       run's final state (for the lead: done|partial|failed), the finding's search
+#       document, how many documents are kept
 # A child's finish releases what its hand-out reserved and tells the lead (its stream);
 # the lead's finish ends the run. Both with the result, so exactly once.
 # Returns 1 if this call recorded the result, 0 if the task already had one.
@@ -88,6 +91,8 @@ redis.call('XACK', KEYS[5], ARGV[6], ARGV[5])
 redis.call('XDEL', KEYS[5], ARGV[5])
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return 0 end
 redis.call('SET', KEYS[3], ARGV[2])
+redis.call('LPUSH', KEYS[10], ARGV[13])
+redis.call('LTRIM', KEYS[10], 0, tonumber(ARGV[14]) - 1)
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'running' then redis.call('HINCRBY', KEYS[4], 'running', -1)
 elseif state == 'queued' then redis.call('HINCRBY', KEYS[4], 'queued', -1) end
@@ -205,17 +210,18 @@ def start_args(swarm: str, task_id: str, claimant: str, ttl: int, now: float,
 
 def finish_args(swarm: str, pool: str, task_id: str, entry_id: str, finding_id: str,
                 finding_json: str, status: str, error: str, dead_json: str,
-                now: float, run_id: str = "", role: str = "",
-                run_state: str = "") -> tuple[list[str], list[str]]:
+                now: float, run_id: str = "", role: str = "", run_state: str = "",
+                document: str = "") -> tuple[list[str], list[str]]:
     """``run_id`` and ``role`` ('child' or 'lead') for a task of a run; ``run_state``
-    the run's end (the lead's task)."""
+    the run's end (the lead's task); ``document`` the finding's search document."""
     return (
         [keys.task_meta(swarm, task_id), keys.task_result(task_id), keys.finding(finding_id),
          keys.counts(swarm), keys.queue(swarm, pool), keys.dead(swarm),
          keys.run(swarm, run_id), keys.run_events(swarm, run_id),
-         keys.run_findings(swarm, run_id)],
+         keys.run_findings(swarm, run_id), keys.finding_docs(swarm)],
         [finding_id, finding_json, status, f"{now:.6f}", entry_id, keys.GROUP, task_id,
-         error, dead_json, str(keys.DEAD_MAXLEN), role if run_id else "", run_state],
+         error, dead_json, str(keys.DEAD_MAXLEN), role if run_id else "", run_state,
+         document or finding_id, str(DOCS_MAX)],
     )
 
 

@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import redis
 
-from workers import keys, payload, scripts
+from workers import findings_index, keys, payload, scripts
 from workers.agent import Agent, Outcome, SpendLimitReached
 from workers.lead import Lead
+from workers.lookup_tools import SwarmTools
 from workers.budgets import budgets
 from workers.config import WorkerConfig
 from workers.pricing import Usage
@@ -256,6 +257,12 @@ class TaskRunner:
     async def _execute(self, task: payload.Task, context: str | None, task_id: str,
                        run_context: str | None = None) -> Outcome:
         toolbox = self.toolbox()
+        scope = task.extra.get("lookup_run")
+        toolbox.swarm = SwarmTools(
+            self.redis, self.cfg.swarm, self.cfg.worker_id,
+            run=scope if isinstance(scope, str) and scope else None,
+            librarian=bool(self.cfg.librarians),
+            timeout=float(self.cfg.tools.get("librarian_timeout", 60.0)))  # type: ignore[arg-type]
         try:
             async with asyncio.timeout(self.cfg.task_timeout):
                 return await self.agent.run(task, toolbox, context, task_id, run_context)
@@ -278,7 +285,7 @@ class TaskRunner:
         k, a = scripts.finish_args(
             self.cfg.swarm, self.cfg.pool, task_id, entry_id, finding["finding_id"],
             json.dumps(finding), outcome.status, outcome.error or "", dead_json, time.time(),
-            run, "lead" if lead else "child", run_state)
+            run, "lead" if lead else "child", run_state, findings_index.document(finding))
         recorded = await until_redis(lambda: self._finish(keys=k, args=a),
                                      f"recording task {task_id}")
         if not recorded:

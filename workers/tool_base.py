@@ -22,6 +22,9 @@ class ToolSettings:
     grep: bool = True
     shell: bool = False
     hand_back: bool = True  # the worker may say a task needs deeper reasoning
+    findings: bool = True  # search the swarm's findings, read one whole
+    ask_librarian: bool = True  # where the swarm has a librarian
+    librarian_timeout: float = 60.0  # an unanswered question is given up after this
     shell_timeout: float = 30.0
     shell_sandbox: bool = True
     shell_network: bool = False

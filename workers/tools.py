@@ -32,6 +32,8 @@ from typing import Any
 import regex
 
 from workers.jail import Entry, Fence, Jail, PathError, Walk
+from workers.lookup_tools import DEFINITIONS as SWARM_DEFINITIONS
+from workers.lookup_tools import SwarmTools
 from workers.search import LineSearch, glob_regex
 from workers.shell import run_shell
 from workers.tool_base import ToolError, ToolSettings, arg, clip, positive, seconds
@@ -111,6 +113,7 @@ class Toolbox:
         self.root = self.jail.root
         self.settings = settings
         self.files_changed: set[str] = set()
+        self.swarm: SwarmTools | None = None  # findings lookup, the librarian (if given)
 
     # --- public ------------------------------------------------------------------------
 
@@ -118,13 +121,34 @@ class Toolbox:
         """Messages API tool definitions of the enabled tools."""
         return [{"name": name, "description": desc, "input_schema": schema}
                 for name, (setting, desc, schema) in _DEFINITIONS.items()
-                if getattr(self.settings, setting)]
+                if getattr(self.settings, setting)] + [
+            {"name": name, "description": desc, "input_schema": schema}
+            for name, (setting, desc, schema) in SWARM_DEFINITIONS.items()
+            if self.swarm is not None and self.swarm.offers(name)
+            and getattr(self.settings, setting)]
+
+    @property
+    def findings_read(self) -> set[str]:
+        """The findings this task read whole (it cites them)."""
+        return self.swarm.lookup.read if self.swarm is not None else set()
 
     async def run(self, name: str, tool_input: dict[str, Any]) -> str:
         """Run one tool; the text for the model, or ``ToolError``. Nothing a tool meets
         escapes as another exception."""
         if name == "shell" and not self.settings.shell:
             raise ToolError("refused: the shell tool is off for this pool")
+        if name in SWARM_DEFINITIONS:
+            if self.swarm is None or not self.swarm.offers(name) or \
+                    not getattr(self.settings, SWARM_DEFINITIONS[name][0]):
+                raise ToolError(f"refused: the {name} tool is off for this pool")
+            if not isinstance(tool_input, dict):
+                raise ToolError("tool input must be an object")
+            try:
+                return await self.swarm.run(name, tool_input)
+            except ToolError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis away: the model hears it
+                raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from None
         if name not in _DEFINITIONS:
             raise ToolError(f"unknown tool: {name}")
         if not getattr(self.settings, _DEFINITIONS[name][0]):

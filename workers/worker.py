@@ -22,6 +22,7 @@ from workers import keys
 from workers.api_client import make_agent
 from workers.config import EXIT_BOOT_FAILED, EXIT_OK, EXIT_ORPHANED, WorkerConfig
 from workers.jail import Jail
+from workers.librarian import Librarian
 from workers.proc import isolate_imports
 from workers.report import Report
 from workers.seed_intake import SeedIntake
@@ -106,7 +107,9 @@ class Worker:
             if runner is None:
                 return EXIT_BOOT_FAILED
             beating = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
-            consuming = asyncio.create_task(runner.consume(), name="consume")
+            librarian = self._librarian(runner)
+            consuming = asyncio.create_task(
+                librarian.serve() if librarian else runner.consume(), name="consume")
             intake = SeedIntake(self.cfg, self.redis, stopping)
             listening = asyncio.create_task(
                 intake.listen() if self.cfg.seed_listener else stopping.wait(),
@@ -117,6 +120,8 @@ class Worker:
             consuming.cancel()
             listening.cancel()
             await runner.drain(self.cfg.stop_grace)
+            if librarian and librarian.jobs:
+                await asyncio.wait(set(librarian.jobs), timeout=self.cfg.stop_grace)
             beating.cancel()
             await self._say_goodbye()
             return EXIT_OK
@@ -149,6 +154,16 @@ class Worker:
         log.info("started pid=%d pool=%s", os.getpid(), self.cfg.pool)
         self.runner = runner
         return runner
+
+    def _librarian(self, runner: TaskRunner) -> Librarian | None:
+        """In a librarian pool: the service that answers archive questions (the pool's
+        task queue is then not read)."""
+        if self.cfg.role != "librarian":
+            return None
+        agent = runner.agent
+        caller = getattr(agent, "caller", None)
+        return Librarian(self.cfg, self.redis, caller, getattr(agent, "missing_key", None),
+                         self.report.stopping)
 
     def toolbox(self) -> Toolbox:
         """A task's tools; the workdir is opened once for every task of this process."""
