@@ -2,10 +2,11 @@
 
 Every recorded finding leaves a search document in a capped list (FINISH pushes it,
 newest first): its id, task id, status, pool and the lower-cased start of its task and
-result. A search runs in Redis (SEARCH, one script) over the newest ``SCAN_LIMIT``
-documents at most and returns at most ``limit`` ids, so a lookup costs the same with
-10k findings as with 100k; a run's lookup scans that run's findings only. Workers and
-the lead (workers/lead_tools.py) and the Python API (launcher/client.py) share it.
+result. A search runs in Redis (SEARCH), ``SLICE`` documents per call so that no call
+holds Redis long, over the newest ``SCAN_LIMIT`` documents at most (it stops early once
+it has ``limit`` matches of every word): a lookup costs no more with 100k findings than
+with 20k. A run's lookup scans that run's findings only. Workers, the lead
+(workers/lead_tools.py) and the Python API (launcher/client.py) share it.
 """
 
 from __future__ import annotations
@@ -20,41 +21,43 @@ DOC_TASK_CHARS = 300  # of a finding's task in its search document
 DOC_RESULT_CHARS = 1200  # of its result
 DOCS_MAX = 20_000  # documents kept (the newest)
 SCAN_LIMIT = 20_000  # documents a search looks at, at most
+SLICE = 2_000  # documents one SEARCH call looks at (a few ms of Redis's time)
 SEP = "\x1f"
 _WORD = re.compile(r"[\w.-]{2,40}")
 
-# KEYS: documents list. ARGV: scan limit, result limit, words...
-# Returns the ids of the documents with the most query words in them (newest first
-# among equals), at most ``limit``; then the number of documents scanned.
+# KEYS: documents list. ARGV: first document, how many, result limit, words...
+# One slice of the documents (newest first), so that no call holds Redis for long:
+# returns {scanned, id1, score1, id2, score2, ...}: the slice's documents with any query
+# word in them, the most words first (newest first among equals), at most ``limit``.
 SEARCH = """
-local scan, limit, words = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
-for i = 3, #ARGV do words[#words + 1] = ARGV[i] end
-local best, scanned = {}, 0
-for start = 0, scan - 1, 1000 do
-  local docs = redis.call('LRANGE', KEYS[1], start, math.min(start + 999, scan - 1))
-  if #docs == 0 then break end
-  for _, doc in ipairs(docs) do
-    scanned = scanned + 1
-    local n = 0
-    for _, w in ipairs(words) do
-      if string.find(doc, w, 1, true) then n = n + 1 end
-    end
-    if n > 0 then
-      local bucket = best[n]
-      if not bucket then bucket = {}; best[n] = bucket end
-      if #bucket < limit then
-        bucket[#bucket + 1] = string.sub(doc, 1, string.find(doc, '\\31', 1, true) - 1)
-      end
+local first, count, limit, words = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), {}
+for i = 4, #ARGV do words[#words + 1] = ARGV[i] end
+local docs = redis.call('LRANGE', KEYS[1], first, first + count - 1)
+local best = {}
+for _, doc in ipairs(docs) do
+  local n = 0
+  for _, w in ipairs(words) do
+    if string.find(doc, w, 1, true) then n = n + 1 end
+  end
+  if n > 0 then
+    local bucket = best[n]
+    if not bucket then bucket = {}; best[n] = bucket end
+    if #bucket < limit then
+      bucket[#bucket + 1] = string.sub(doc, 1, string.find(doc, '\\31', 1, true) - 1)
     end
   end
 end
-local found = {}
+local found = {#docs}
+local taken = 0
 for n = #words, 1, -1 do
   for _, id in ipairs(best[n] or {}) do
-    if #found < limit then found[#found + 1] = id end
+    if taken < limit then
+      found[#found + 1] = id
+      found[#found + 1] = n
+      taken = taken + 1
+    end
   end
 end
-found[#found + 1] = tostring(scanned)
 return found
 """
 
@@ -95,9 +98,14 @@ class Lookup:
             raws = await self.redis.mget([keys.finding(i) for i in ids]) if ids else []
             found, scanned = rank(ids, raws, words, limit), len(ids)
         else:
-            reply = await self._search(keys=[keys.finding_docs(self.swarm)],
-                                       args=[SCAN_LIMIT, limit, *words])
-            found, scanned = [str(x) for x in reply[:-1]], int(reply[-1])
+            merge, scanned = Merge(words, limit), 0
+            while scanned < SCAN_LIMIT and not merge.enough():
+                reply = await self._search(keys=[keys.finding_docs(self.swarm)],
+                                           args=[scanned, SLICE, limit, *words])
+                scanned += merge.add(reply)
+                if int(reply[0]) < SLICE:
+                    break
+            found = merge.best()
         raws = await self.redis.mget([keys.finding(i) for i in found]) if found else []
         return hits(found, raws, words), scanned
 
@@ -130,10 +138,37 @@ def search_sync(redis: Any, swarm: str, query: str, limit: int = 10,
         found = rank(ids, redis.mget([keys.finding(i) for i in ids]) if ids else [], words,
                      limit)
     else:
-        reply = redis.register_script(SEARCH)(keys=[keys.finding_docs(swarm)],
-                                              args=[SCAN_LIMIT, limit, *words])
-        found = [str(x) for x in reply[:-1]]
+        script, merge, scanned = redis.register_script(SEARCH), Merge(words, limit), 0
+        while scanned < SCAN_LIMIT and not merge.enough():
+            reply = script(keys=[keys.finding_docs(swarm)], args=[scanned, SLICE, limit, *words])
+            scanned += merge.add(reply)
+            if int(reply[0]) < SLICE:
+                break
+        found = merge.best()
     return hits(found, redis.mget([keys.finding(i) for i in found]) if found else [], words)
+
+
+class Merge:
+    """The best matches over the slices, newest slice first: the most query words,
+    then the newest. ``enough`` once ``limit`` matches have every word (no older
+    document can beat them)."""
+
+    def __init__(self, words: list[str], limit: int) -> None:
+        self.words, self.limit = words, limit
+        self.found: list[tuple[int, int, str]] = []  # (-score, order, id)
+
+    def add(self, reply: list[Any]) -> int:
+        for i in range(1, len(reply), 2):
+            self.found.append((-int(reply[i + 1]), len(self.found), str(reply[i])))
+        self.found = sorted(self.found)[:self.limit]
+        return int(reply[0])
+
+    def enough(self) -> bool:
+        return len(self.found) >= self.limit and \
+            all(-score == len(self.words) for score, _o, _i in self.found)
+
+    def best(self) -> list[str]:
+        return [fid for _s, _o, fid in self.found]
 
 
 def rank(ids: list[str], raws: list[Any], words: list[str], limit: int) -> list[str]:

@@ -98,4 +98,4 @@ class SwarmTools:
                 return (f"The librarian did not answer within {self.timeout:g}s; carry on "
                         "without its answer.")
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.5)
+            pause = min(pause * 2, 0.1)
