@@ -95,7 +95,10 @@ def test_attacks_through_a_real_swarm_are_refused_and_the_worker_lives_on(
     wrote = attack(swarm, "write_file", path="linked.txt", content="replaced\n")
     assert wrote["error"] is False
     runaway = attack(swarm, "grep", pattern=r"^(a|a)*$")
-    assert "took too long" in runaway["content"], runaway
+    # stopped by the regex's own time limit, or (on a machine too busy for it to fire
+    # first) abandoned at the tool's: either way the worker goes on
+    assert runaway["error"] is True and ("took too long" in runaway["content"] or
+                                         "took longer than 3s" in runaway["content"]), runaway
     deep = attack(swarm, "list_files", pattern="**/*")
     assert "deeper than" in deep["content"] and ".swarm" not in deep["content"]
 
