@@ -240,10 +240,12 @@ def machine() -> str:
 
     redis_bin = None
     try:
-        from launcher.redis_server import find_binary
+        from launcher.redis_server import choose
 
-        redis_bin = subprocess.run([find_binary(), "--version"], capture_output=True,
-                                   text=True).stdout.split()[2]
+        server = choose()
+        said = subprocess.run([server.path, "--version"], capture_output=True,
+                              text=True).stdout.split()
+        redis_bin = f"{said[0]} {said[2]} ({server.origin})"
     except Exception:  # noqa: BLE001
         pass
     cpu = platform.processor() or "?"
@@ -262,7 +264,7 @@ def machine() -> str:
         f"({mem.available / 2**30:.1f} GiB available), Linux {platform.release()}, "
         f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
         f"versions: Python {platform.python_version()}, swarm {version('swarm')}, "
-        f"supervisor {version('supervisor')}, redis-server {redis_bin}, "
+        f"supervisor {version('supervisor')}, server {redis_bin}, "
         f"redis-py {version('redis')}, anthropic {version('anthropic')}, "
         f"psutil {version('psutil')}"
     )

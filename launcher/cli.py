@@ -17,12 +17,12 @@ import typer
 
 from launcher import cli_mcp  # noqa: F401 - registers mcp, statusline
 from launcher import cli_runs  # noqa: F401 - registers run, runs
+from launcher import cli_tasks  # noqa: F401 - registers cancel, retry, purge
 from launcher import cli_work  # noqa: F401 - registers submit, tasks, show, resume, cost
 from launcher import control
 from launcher.cli_common import (
     HostOption,
     SwarmOption,
-    api_for,
     api_of,
     app,
     err,
@@ -31,6 +31,8 @@ from launcher.cli_common import (
     locate_or_fail,
     out,
     print_json,
+    reader_for,
+    redis_failure,
 )
 
 __all__ = ["app", "main"]
@@ -51,6 +53,16 @@ def up(
         up_mod.check_shell_sandbox(spec)
     except up_mod.UpError as exc:
         fail(str(exc), 2)
+    for problem in (up_mod.api_key_problem(spec), up_mod.log_dir_problem(spec)):
+        if problem:
+            fail(problem, 2)
+    if spec.redis == "embedded" and not os.environ.get("SWARM_REDIS_URL"):
+        from launcher.redis_server import RedisStartError, choose
+
+        try:
+            choose()  # a SWARM_REDIS_SERVER that is not a usable server is said now
+        except RedisStartError as exc:
+            fail(str(exc), 2)
     for warning in [up_mod.persistence_warning(spec), *up_mod.archive_warnings(spec)]:
         if warning:
             err.print(f"swarm: warning: {warning}", markup=False, soft_wrap=True)
@@ -60,7 +72,8 @@ def up(
             if problem:
                 fail(f"swarm '{spec.name}' (pid {pid}): {problem}")
             total = sum(p.workers for p in spec.pools.values())
-            out.print(f"swarm '{spec.name}' is up: {total} workers, supervisor pid {pid}. "
+            out.print(f"swarm '{spec.name}' is up: {total} worker{'s' if total != 1 else ''}, "
+                      f"supervisor pid {pid}. "
                       "See 'swarm status'; stop with 'swarm down'.")
             return
         code = up_mod.run_foreground(spec, notify_fd=notify_fd)
@@ -73,7 +86,7 @@ def up(
 def status(
     swarm: SwarmOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-W", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
 ) -> None:
     """Who is alive and busy: every host and worker, read from Redis."""
@@ -82,7 +95,7 @@ def status(
     from launcher.connect import NotRunning
     from launcher.status import render
 
-    api = api_for(swarm)
+    api = reader_for(swarm)
 
     def snapshot() -> dict[str, object]:
         try:
@@ -244,7 +257,7 @@ def main() -> None:
         sys.stderr.close()
         sys.exit(1)
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
-        err.print(f"swarm: Redis: {exc}", markup=False)
+        err.print(f"swarm: {redis_failure(exc)}", markup=False)
         sys.exit(1)
 
 

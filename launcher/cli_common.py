@@ -23,11 +23,31 @@ if TYPE_CHECKING:
     from launcher.spec import SwarmSpec
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion for bash, zsh, fish, PowerShell
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold an API key
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Start and supervise a local swarm of Claude workers coordinated through Redis.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("swarm")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        print(f"swarm {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_version, is_eager=True,
+        help="Print swarm's version and exit.")] = False) -> None:
+    """Start and supervise a local swarm of Claude workers coordinated through Redis."""
 err = Console(stderr=True, highlight=False, emoji=False)
 out = Console(highlight=False, emoji=False, soft_wrap=True)  # a pipe gets whole lines
 
@@ -60,9 +80,31 @@ def locate_or_fail(name: str | None) -> Found:
     from launcher.state import NotFound
 
     try:
-        return locate(name)
+        found = locate(name)
     except (NotFound, NotRunning) as exc:
         fail(str(exc))
+    if found.state is not None and found.state.embedded():
+        _embedded.append(found)
+    return found
+
+
+# the swarms with their own Redis this command found: if that Redis goes away under the
+# command (`swarm down` while `submit --wait` waits), the swarm stopped: say that
+_embedded: list[Found] = []
+
+
+def redis_failure(exc: Exception) -> str:
+    """The line for a Redis that failed under a command (launcher/cli.py's main)."""
+    import time
+
+    for found in _embedded:
+        assert found.state is not None
+        deadline = time.monotonic() + 3.0  # its supervisor exits right after its Redis
+        while found.state.live_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if found.state.live_pid() is None:
+            return f"swarm '{found.name}' stopped while this command was using it"
+    return f"Redis: {exc}"
 
 
 HostOption = Annotated[
@@ -72,8 +114,28 @@ HostOption = Annotated[
 
 
 def api_for(name: str | None) -> Swarm:
-    """The Python API of the swarm a command is about."""
+    """The Python API of the swarm a command is about; a swarm that is not running is
+    a one-line failure."""
     return api_of(locate_or_fail(name))
+
+
+def reader_for(name: str | None) -> Swarm:
+    """The Python API of the swarm a command that only reads is about (status, tasks,
+    show, cost, runs): running, or stopped and read from what it left, without changing
+    it (launcher/history.py). What it started for that ends with the command."""
+    from launcher import history
+    from launcher.connect import NotRunning
+    from launcher.state import NotFound
+
+    try:
+        found = history.locate(name)
+    except (NotFound, NotRunning) as exc:
+        fail(str(exc))
+    others: tuple[str, ...] = ()
+    if found.stopped and name is None and found.state is not None:
+        others = history.other_swarms(found.state)
+    return history.HistorySwarm(found.name, found.client(), copy=found.close is not None,
+                                others=others)
 
 
 def api_of(found: Found) -> Swarm:

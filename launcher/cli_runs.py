@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from launcher.cli_common import SwarmOption, api_for, app, fail, out, print_json
+from launcher.cli_common import SwarmOption, api_for, app, fail, out, print_json, reader_for
 
 
 @app.command()
@@ -71,7 +71,7 @@ def runs(
     """List runs, newest first: state, tasks back of handed out, spend and budget."""
     from launcher import columns
 
-    rows = api_for(swarm).runs(limit)
+    rows = reader_for(swarm).runs(limit)
     if as_json:
         print_json(rows)
         return

@@ -11,7 +11,8 @@ import typer
 
 from workers import ledger_format
 from workers.states import TaskState
-from launcher.cli_common import SwarmOption, api_for, app, fail, out, print_json
+from launcher.cli_common import (SwarmOption, api_for, app, err, fail, out, print_json,
+                                  reader_for)
 
 
 @app.command()
@@ -26,21 +27,31 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     swarm: SwarmOption = None,
 ) -> None:
-    """Queue a task; prints its id (or, with --wait, its finding's result)."""
+    """Queue a task (TEXT, or - to read it from stdin); prints its id (or, with --wait,
+    its finding's result)."""
     from launcher.client import SubmitError
 
+    if text == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            fail("submit -: the task's text comes from stdin, and stdin is a terminal", 2)
+        text = sys.stdin.read()
     api = api_for(swarm)
     try:
         task_id = api.submit(text, pool=pool, files=files or [])
     except SubmitError as exc:
         fail(str(exc), 2)
+    paused = api.paused(pool)
+    if paused:
+        err.print(f"swarm: queued, but the swarm takes no new work now ({paused}); it runs "
+                  "after `swarm resume`", markup=False, soft_wrap=True)
     if not wait:
         print_json({"task_id": task_id}) if as_json else print(task_id)
         return
     try:
         finding = api.wait(task_id, timeout)
     except TimeoutError as exc:
-        fail(str(exc))
+        paused = api.paused(pool)
+        fail(f"{exc}" + (f"; the swarm is paused: {paused}" if paused else ""))
     except KeyboardInterrupt:
         fail(f"stopped waiting; the task {task_id} is still queued or running", 130)
     if as_json:
@@ -62,22 +73,34 @@ def tasks(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     swarm: SwarmOption = None,
 ) -> None:
-    """List tasks, newest first."""
-    from rich.table import Table
+    """List tasks, newest first: id (whole: any unique prefix of it names the task in
+    `swarm show` and the task commands), pool, state, attempts, when, what."""
+    from launcher import columns
+    from launcher.client import SwarmError
 
-    rows = api_for(swarm).tasks(state, limit)
+    try:
+        rows = reader_for(swarm).tasks(state, limit)
+    except SwarmError as exc:
+        fail(str(exc), 2)
     if as_json:
         print_json(rows)
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("TASK", "POOL", "STATE", "ATTEMPTS", "WORKER", "SUBMITTED", "FINDING", "ERROR"):
-        table.add_column(column, overflow="fold" if column == "ERROR" else "ellipsis")
-    for row in rows:
-        submitted = time.strftime("%H:%M:%S", time.localtime(float(row.get("submitted", 0))))
-        table.add_row(row["id"], row.get("pool", ""), row.get("state", ""),
-                      row.get("attempts", "0"), row.get("worker", ""), submitted,
-                      row.get("finding", ""), row.get("error", ""))
-    out.print(table)
+    headers = ["TASK", "POOL", "STATE", "ATTEMPTS", "SUBMITTED", "DESCRIPTION / ERROR"]
+    cells = [[row["id"], row.get("pool", ""), row.get("state", ""), str(row.get("attempts", 0)),
+              time.strftime("%m-%d %H:%M:%S", time.localtime(float(row.get("submitted", 0)))),
+              _flat(row.get("error") if row.get("state") in ("failed", "dead") and
+                    row.get("error") else row.get("description", ""), 70)] for row in rows]
+    sizes = columns.widths(headers, cells)
+    out.print(columns.line(headers, sizes, {3}), style="bold", highlight=False, markup=False)
+    for cell in cells:
+        out.print(columns.line(cell, sizes, {3}), highlight=False, markup=False)
+    if not rows:
+        out.print(f"(no {state + ' ' if state else ''}tasks)", highlight=False, markup=False)
+
+
+def _flat(text: str | None, limit: int) -> str:
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
 @app.command()
@@ -86,8 +109,15 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     swarm: SwarmOption = None,
 ) -> None:
-    """Show one task, with its finding; or a run (run_...) as the tree of its tasks."""
-    api = api_for(swarm)
+    """Show one task, with its finding; or a run (run_...) as the tree of its tasks. Any
+    unique start of an id will do."""
+    from launcher.client import SwarmError
+
+    api = reader_for(swarm)
+    try:
+        task_id = api.resolve(task_id)
+    except SwarmError as exc:
+        fail(str(exc), 2)
     if task_id.startswith("run_"):
         info = api.run_info(task_id)
         if info is not None:
@@ -125,8 +155,47 @@ def show(
 @app.command()
 def resume(swarm: SwarmOption = None) -> None:
     """Let workers take new work again after a pause (e.g. the API spend limit)."""
-    reason = api_for(swarm).resume()
-    out.print(f"resumed (was paused: {reason})" if reason else "the swarm was not paused")
+    from launcher.client import SwarmError
+
+    try:
+        reason = api_for(swarm).resume()
+    except SwarmError as exc:
+        fail(str(exc))
+    out.print(f"resumed (was paused: {reason})" if reason else "the swarm was not paused",
+              markup=False, highlight=False)
+
+
+@app.command()
+def budget(
+    usd: Annotated[Optional[str], typer.Argument(
+        help="The new budget in USD, or 'none' to lift it; nothing: show them.")] = None,
+    pool: Annotated[Optional[str], typer.Option("--pool", "-p", help="A pool's budget.")] = None,
+    swarm: SwarmOption = None,
+) -> None:
+    """Show the budgets and their spend, or set one while the swarm runs (until the next
+    `swarm up`, which reads the spec's again). Raising a spent budget lets work go on."""
+    from launcher.client import SwarmError
+
+    api = reader_for(swarm) if usd is None else api_for(swarm)
+    if usd is None:
+        for row in api.budgets():
+            who = f"pool {row['pool']}" if row["pool"] else "the swarm"
+            cap = f"${row['usd']:g}" if row["usd"] is not None else "none"
+            out.print(f"{who}: ${row['spent_usd']:.6f} spent, budget {cap}"
+                      + (f"  PAUSED: {row['paused']}" if row["paused"] else ""),
+                      markup=False, highlight=False)
+        return
+    try:
+        value = None if usd.lower() == "none" else float(usd)
+    except ValueError:
+        fail(f"budget: {usd!r} is not a number of USD (or 'none')", 2)
+    try:
+        before = api.set_budget(value, pool)
+    except SwarmError as exc:
+        fail(str(exc), 2)
+    who = f"pool {pool}'s" if pool else "the swarm's"
+    out.print(f"{who} budget: {'none' if value is None else f'${value:g}'} (was "
+              f"{'none' if before is None else f'${before:g}'})", markup=False, highlight=False)
 
 
 @app.command()
@@ -148,11 +217,13 @@ def cost(
 
     if by not in costs.DIMS:
         fail(f"--by must be one of {', '.join(costs.DIMS)}, not {by!r}", 2)
+    if as_json and as_csv:
+        fail("--json and --csv: choose one", 2)
     try:
         seconds = None if since is None else parse_duration(since)
     except ValueError as exc:
         fail(f"--since {exc}", 2)
-    api = api_for(swarm)
+    api = reader_for(swarm)
     try:
         report = api.cost(by, seconds, limit)
     except SwarmError as exc:

@@ -20,31 +20,15 @@ from typing import Any
 from collections.abc import Iterable
 
 from launcher import control
+from launcher.client_errors import SubmitError, SwarmError, check_text
+from launcher.client_more import Control, RunsAndFindings
 from workers import keys, scripts
 from workers.payload import Task, dump
 
 
 
-class SwarmError(Exception):
-    """A request the swarm cannot do; ``str()`` says why in one line."""
-
-
-class SubmitError(SwarmError):
-    """The task was not accepted; ``str()`` says why in one line."""
-
-
-def _check_text(text: str) -> None:
-    """Text that cannot be sent to the API (lone surrogates, as from command-line bytes
-    that are not UTF-8) is refused here, not failed at every try in a worker."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise SubmitError(f"the task's text is not valid UTF-8: {text[exc.start]!a} at "
-                          f"character {exc.start} (bytes that are not UTF-8?)") from None
-
-
 @dataclass
-class Swarm:
+class Swarm(Control, RunsAndFindings):
     name: str
     redis: Any
 
@@ -69,13 +53,14 @@ class Swarm:
         if any(not d.strip() for d in descriptions):
             raise SubmitError("a task's description is empty")
         for text in (*descriptions, *files):
-            _check_text(text)
+            check_text(text)
         if task_ids is not None and len(task_ids) != len(descriptions):
             raise SubmitError("task_ids and descriptions differ in length")
-        pool = self._pool(pool)
+        pool, meta = self._pool(pool)
+        files = list(files)
+        _check_files(files, pool, meta)
         ids = task_ids or [f"task_{uuid.uuid4().hex[:16]}" for _ in descriptions]
         script = self.redis.register_script(scripts.ENQUEUE)
-        files = list(files)
         for start in range(0, len(ids), 1000):
             pipe = self.redis.pipeline(transaction=False)
             for task_id, text in zip(ids[start:start + 1000], descriptions[start:start + 1000]):
@@ -86,7 +71,13 @@ class Swarm:
             pipe.execute()
         return ids
 
-    def _pool(self, pool: str | None) -> str:
+    def paused(self, pool: str | None = None) -> str | None:
+        """Why the swarm (or ``pool``) takes no new work now, or None."""
+        swarm_wide, pool_only = self.redis.mget(
+            keys.paused(self.name), keys.paused(self.name, pool or "-"))
+        return swarm_wide or (pool_only if pool else None)
+
+    def _pool(self, pool: str | None) -> tuple[str, dict[str, str]]:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(keys.meta(self.name))
         pipe.hkeys(keys.pools(self.name))
@@ -101,7 +92,7 @@ class Swarm:
                           ("librarians", "ask it with query:archive:{uuid}")):
             if pool in (meta.get(role) or "").split(","):
                 raise SubmitError(f"pool {pool!r} is a {role[:-1]} pool: {how}")
-        return pool
+        return pool, meta
 
     def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the task has a finding; returns it. TimeoutError after ``timeout``."""
@@ -140,64 +131,6 @@ class Swarm:
         record: dict[str, Any] = {"id": task_id, **meta, "payload": body, "claimed": claimed}
         record["finding"] = self.finding_of(task_id) if finding_id else None
         return record
-
-    # --- runs: a goal for a lead (launcher/runs.py) -----------------------------------
-
-    def run(self, goal: str, pool: str | None = None, budget_usd: float | None = None,
-            max_tasks: int | None = None, max_in_flight: int | None = None,
-            files: Iterable[str] = ()) -> str:
-        """Give a lead pool a goal; returns the run's id. Limits not given are the lead
-        pool's. SubmitError if it cannot start."""
-        from launcher import runs
-
-        _check_text(goal)
-        try:
-            return runs.start(self.redis, self.name, goal, pool, budget_usd, max_tasks,
-                              max_in_flight, files)
-        except runs.RunError as exc:
-            raise SubmitError(str(exc)) from None
-
-    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest runs first: state, tasks handed out and back, spend, budget."""
-        from launcher import runs
-
-        return runs.listing(self.redis, self.name, limit)
-
-    def run_info(self, run_id: str) -> dict[str, Any] | None:
-        """A run as a tree: its record, spend, each task and its finding, its result."""
-        from launcher import runs
-
-        return runs.tree(self.redis, self.name, run_id)
-
-    def wait_run(self, run_id: str, timeout: float | None = None,
-                 on_progress: Any = None) -> dict[str, Any]:
-        """Block until the run ends (TimeoutError after ``timeout``); returns
-        ``run_info``. ``on_progress(summary)`` is called as the run moves on."""
-        from launcher import runs
-
-        try:
-            return runs.wait(self.redis, self.name, run_id, timeout, on_progress)
-        except runs.RunError as exc:
-            raise SwarmError(str(exc)) from None
-
-    # --- findings: search and read (workers/findings_index.py) ------------------------
-
-    def search_findings(self, query: str, limit: int = 10,
-                        run: str | None = None) -> list[dict[str, Any]]:
-        """The findings that best match ``query``'s words (finding_id, task_id, status,
-        pool, excerpt), among the newest (a bounded scan) or ``run``'s own."""
-        from workers.findings_index import search_sync
-
-        return search_sync(self.redis, self.name, query, limit, run)
-
-    def finding(self, finding_id: str) -> dict[str, Any] | None:
-        """A finding, whole."""
-        raw = self.redis.get(keys.finding(finding_id))
-        try:
-            found = json.loads(raw) if raw else None
-        except ValueError:
-            return None
-        return found if isinstance(found, dict) else None
 
     # --- hosts: scale and stop ------------------------------------------------------
 
@@ -248,6 +181,31 @@ class Swarm:
             time.sleep(0.05)
         raise SwarmError(f"the supervisor on {host} did not take the change within "
                          f"{timeout:g}s")
+
+    def restart(self, target: str | None = None, host: str | None = None) -> list[str]:
+        """Restart workers on every live host (or ``host``): all, a pool's, or one slot's
+        (``haiku-1``); each finishes its tasks first. Returns the hosts asked."""
+        if target is not None and target not in self.redis.hkeys(keys.pools(self.name)) \
+                and target.rpartition("-")[0] not in self.redis.hkeys(keys.pools(self.name)):
+            raise SwarmError(f"swarm '{self.name}' has no pool or worker {target!r}")
+        return self._to_hosts(control.Restart(target), host)
+
+    def reload(self, host: str | None = None) -> list[str]:
+        """Ask every live host's supervisor (or ``host``'s) to apply its spec file as it
+        is now. Returns the hosts asked."""
+        return self._to_hosts(control.Reload(), host)
+
+    def _to_hosts(self, command: control.Command, host: str | None) -> list[str]:
+        alive = [h for h, up in self.hosts().items() if up]
+        if host is not None and host not in alive:
+            raise SwarmError(f"swarm '{self.name}' has no live host {host!r} "
+                             f"(live: {', '.join(alive) or 'none'})")
+        targets = [host] if host else alive
+        if not targets:
+            raise SwarmError(f"swarm '{self.name}' is not running on any host")
+        for name in targets:
+            self.send(command, name)
+        return targets
 
     def down(self, now: bool = False, host: str | None = None,
              timeout: float = 120.0) -> tuple[list[str], list[str], list[str]]:
@@ -305,14 +263,14 @@ class Swarm:
         return {"rows": rows, "reference_model": meta.get("reference_model", ""),
                 "price_source": meta.get("price_source", "unknown")}
 
-    def resume(self) -> str | None:
-        """Let the workers take new work again; the reason the swarm was paused, if it
-        was."""
-        reason: str | None = self.redis.getdel(keys.paused(self.name))
-        return reason
-
     def tasks(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest tasks first, optionally only those in ``state``."""
+        """The newest tasks first, optionally only those in ``state`` ('failed' includes
+        the dead-lettered, as the counts do). SwarmError for a state that does not exist."""
+        from workers.states import TaskState
+
+        if state is not None and state not in set(TaskState):
+            raise SwarmError(f"--state must be one of {', '.join(TaskState)}, not {state!r}")
+        wanted = {state, "dead"} if state == "failed" else {state}
         found: list[dict[str, Any]] = []
         start = 0
         while len(found) < limit:
@@ -323,10 +281,52 @@ class Swarm:
             pipe = self.redis.pipeline(transaction=False)
             for task_id in ids:
                 pipe.hgetall(keys.task_meta(self.name, task_id))
-            for task_id, meta in zip(ids, pipe.execute()):
-                if state is None or meta.get("state") == state:
-                    found.append({"id": task_id, **meta})
+                pipe.get(keys.task(task_id))
+            replies = pipe.execute()
+            for task_id, meta, body in zip(ids, replies[0::2], replies[1::2]):
+                if state is None or meta.get("state") in wanted:
+                    found.append({"id": task_id, **_typed(meta),
+                                  "description": _description(body)})
         return found[:limit]
+
+
+_INT_FIELDS = ("attempts", "calls", "tokens", "input_side", "output", "cache_write",
+               "cache_read", "nano", "nocache_nano", "ref_nano", "reserve")
+_FLOAT_FIELDS = ("submitted", "started", "finished")
+
+
+def _check_files(files: list[str], pool: str, meta: dict[str, str]) -> None:
+    """Files a task names must be in its pool's workdir (checked where that folder is on
+    this machine: another host's may differ)."""
+    try:
+        workdir = json.loads(meta.get("workdirs") or "{}").get(pool)
+    except ValueError:
+        workdir = None
+    if not workdir or not Path(workdir).is_dir():
+        return
+    for name in files:
+        if not (Path(workdir) / name).exists():
+            raise SubmitError(f"no such file in pool {pool}'s workdir {workdir}: {name}")
+
+
+def _description(body: str | None) -> str:
+    try:
+        value = json.loads(body or "")
+    except ValueError:
+        return ""
+    return str(value.get("description", ""))[:500] if isinstance(value, dict) else ""
+
+
+def _typed(meta: dict[str, str]) -> dict[str, Any]:
+    """A task's record with its numbers as numbers."""
+    out: dict[str, Any] = dict(meta)
+    for name in _INT_FIELDS:
+        if name in out:
+            out[name] = int(out[name] or 0)
+    for name in _FLOAT_FIELDS:
+        if name in out:
+            out[name] = float(out[name] or 0)
+    return out
 
 
 def submit(description: str, pool: str | None = None, files: Iterable[str] = (),

@@ -1,10 +1,12 @@
 """Finding a swarm from another shell: the state directory here (or in a parent), a
-``--swarm NAME``, or ``SWARM_REDIS_URL`` for a swarm whose Redis is shared."""
+``--swarm NAME``, or ``SWARM_REDIS_URL`` for a swarm whose Redis is shared. A swarm
+that is not running is ``NotRunning`` here; launcher/history.py reads what it left."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis
 
@@ -14,7 +16,12 @@ from workers.redis_target import RedisTarget
 
 
 class NotRunning(Exception):
-    """The swarm exists but does not answer; ``str()`` is a one-line answer."""
+    """The swarm exists but does not answer; ``str()`` is a one-line answer. ``state``:
+    its state directory, when it has one (what it left there can still be read)."""
+
+    def __init__(self, message: str, state: StateDir | None = None) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 @dataclass
@@ -22,6 +29,10 @@ class Found:
     name: str
     target: RedisTarget
     state: StateDir | None
+    # not running: ``target`` holds what it left (launcher/history.py), only to be read
+    stopped: bool = False
+    # set when ``target`` is a private server on a copy of its data: ends that server
+    close: Callable[[], None] | None = field(default=None, repr=False)
 
     def client(self) -> redis.Redis:
         return self.target.sync(socket_timeout=5.0, socket_connect_timeout=2.0)
@@ -40,7 +51,7 @@ def locate(name: str | None) -> Found:
         if target is not None:
             return Found(state.name, target, state)
         if not env_url:
-            raise NotRunning(f"swarm '{state.name}' is not running")
+            raise NotRunning(f"swarm '{state.name}' is not running", state)
     assert env_url is not None
     try:
         target = RedisTarget.parse(env_url)

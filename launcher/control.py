@@ -23,12 +23,30 @@ class Down:
     now: bool = False
 
 
-Command = Scale | Down
+@dataclass(frozen=True)
+class Restart:
+    """Restart the workers of ``target`` (a pool, a slot like ``haiku-1``; None: all):
+    each finishes its tasks first (within stop_grace), then starts again at once."""
+
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Reload:
+    """Read the spec file again and apply it: worker counts, budgets, and the pools
+    whose settings changed restarted."""
+
+
+Command = Scale | Down | Restart | Reload
 
 
 def encode(command: Command) -> str:
     if isinstance(command, Scale):
         return json.dumps({"cmd": "scale", "pool": command.pool, "workers": command.workers})
+    if isinstance(command, Restart):
+        return json.dumps({"cmd": "restart", "target": command.target})
+    if isinstance(command, Reload):
+        return json.dumps({"cmd": "reload"})
     return json.dumps({"cmd": "down", "now": command.now})
 
 
@@ -41,6 +59,11 @@ def decode(raw: str) -> Command | None:
         return None
     if kind == "down":
         return Down(bool(data.get("now")))
+    if kind == "reload":
+        return Reload()
+    if kind == "restart":
+        target = data.get("target")
+        return Restart(target) if target is None or isinstance(target, str) else None
     workers = data.get("workers")
     if kind == "scale" and isinstance(data.get("pool"), str) and isinstance(workers, int) \
             and not isinstance(workers, bool) and workers >= 0:

@@ -36,7 +36,7 @@ class Row:
             "kind": self.kind, "key": self.key,
             **{m: self.get(m) for m in METRICS if m not in money},
             "cost_usd": cost / 1e9, "reference_usd": ref / 1e9,
-            "savings_pct": round((ref - cost) / ref * 100, 1) if ref else None,
+            "savings_pct": self.savings_pct(),
             "cache_hit_ratio": self.hit_ratio(),
             "cache_saved_usd": self.cache_saved() / 1e9,
             "cache_misses": {name.removeprefix(ledger_format.MISS): n
@@ -44,6 +44,14 @@ class Row:
                              if name.startswith(ledger_format.MISS)},
             "lost_bound_usd": self.get("lost_bound_nano") / 1e9,
         }
+
+    def savings_pct(self) -> float | None:
+        """What the reference model would have cost more, in %; None when some calls
+        have no price (their cost is unknown, so no saving can be said)."""
+        cost, ref = self.get("nano"), self.get("ref_nano")
+        if not ref or self.get("unpriced_calls"):
+            return None
+        return round((ref - cost) / ref * 100, 1)
 
     def hit_ratio(self) -> float | None:
         """Cache reads over every input-side token (rounded to 3 places)."""
@@ -109,15 +117,15 @@ def rows_by_task(client: Any, name: str, limit: int, since: float | None) -> lis
         if cutoff is not None and float(got.pop("submitted") or 0) < cutoff:
             continue
         counts = {k: int(v or 0) for k, v in got.items() if k != "submitted"}
-        # a task keeps its input-side total and its reads: the rest of the input side
-        # is shown as input, so the hit ratio is the same sum as everywhere
-        counts["input"] = counts.pop("input_side") - counts["cache_read"]
+        # a task keeps its input-side total, its reads and its writes: the rest of the
+        # input side is its uncached input, so the hit ratio is the same sum as everywhere
+        counts["input"] = counts.pop("input_side") - counts["cache_read"] - counts["cache_write"]
         found.append(Row("task", task_id, counts))
     return found[:limit]
 
 
-_TASK_FIELDS = ("calls", "tokens", "nano", "nocache_nano", "input_side", "cache_read",
-                "submitted")
+_TASK_FIELDS = ("calls", "tokens", "nano", "nocache_nano", "ref_nano", "input_side", "output",
+                "cache_write", "cache_read", "submitted")
 
 
 def _order(key: str) -> tuple[str, int]:
@@ -168,13 +176,16 @@ def _cost_cells(row: Row, by: str) -> list[str]:
     key = short(row.key, row.kind)
     label = key if row.kind in (by, "total") else f"{row.kind} {key}"
     ref, cost = row.get("ref_nano"), row.get("nano")
-    saved = f"{(ref - cost) / ref * 100:.1f}%" if ref else "-"
+    pct = row.savings_pct()
+    saved = "-" if pct is None else f"{pct:.1f}%"
     lost = (f"{row.get('lost_calls')} (≤ {usd(row.get('lost_bound_nano'))})"
             if row.get("lost_calls") else "-")
-    unpriced = " *" if row.get("unpriced_calls") else ""
+    unpriced = row.get("unpriced_calls")
+    cost_text = ("unknown *" if unpriced and not cost else
+                 usd(cost) + (" + unknown *" if unpriced else ""))
     return [label, f"{row.get('calls'):,}", f"{row.get('input'):,}", f"{row.get('output'):,}",
             f"{row.get('cache_write'):,}", f"{row.get('cache_read'):,}", _hit(row),
-            _cache_saved(row), usd(cost) + unpriced, usd(ref) if ref else "-", saved, lost]
+            _cache_saved(row), cost_text, usd(ref) if ref else "-", saved, lost]
 
 
 def _hit(row: Row) -> str:

@@ -68,9 +68,15 @@ def spent(budgets: Sequence[Budget], values: Sequence[str | None],
     found = []
     for budget, value in zip(budgets, values):
         reason = budget.reached(int(value or 0))
-        if reason is not None and budget.who not in already:
+        if reason is not None and budget_said(budget) not in already:
             found.append((budget, reason))
     return found
+
+
+def budget_said(budget: Budget) -> str:
+    """What a pause for ``budget`` is remembered by: who, and how much (a budget raised
+    with `swarm budget` is judged anew)."""
+    return f"{budget.who}|{budget.usd!r}"
 
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from launcher.spec import Logs
 
-SUPERVISOR_FORMAT = "%(asctime)s %(levelname)s supervisor %(message)s"
+# (each line names its swarm: several swarms may log into one folder)
+SUPERVISOR_FORMAT = "%(asctime)s %(levelname)s {swarm} supervisor %(message)s"
 
 
 def rotating(path: Path, cfg: Logs, fmt: str = "%(message)s") -> logging.Handler:

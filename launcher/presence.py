@@ -76,10 +76,15 @@ class Presence:
         for pool in [None, *self.spec.pools]:
             k, a = host_scripts.clear_budget_pause_args(name, pool)
             pipe.eval(host_scripts.CLEAR_BUDGET_PAUSE, len(k), *k, *a)
+        pipe.hset(keys.budgets(name), mapping={
+            "swarm": "" if self.spec.budget_usd is None else str(self.spec.budget_usd),
+            **{f"pool:{p}": "" if pool.budget_usd is None else str(pool.budget_usd)
+               for p, pool in self.spec.pools.items()}})
         pipe.hset(keys.meta(name), mapping={
             "state": "running",
             "default_pool": str(self.spec.default_pool),
             "budget_usd": "" if self.spec.budget_usd is None else str(self.spec.budget_usd),
+            "workdirs": json.dumps({n: str(pool.workdir) for n, pool in self.spec.pools.items()}),
             "leads": ",".join(n for n, pool in self.spec.pools.items() if pool.role == "lead"),
             "librarians": ",".join(n for n, pool in self.spec.pools.items()
                                    if pool.role == "librarian"),

@@ -60,6 +60,7 @@ class Slot:
     kill_at: float | None = None  # SIGKILL the tree at this time if still alive
     rss: int = 0
     cpu: float = 0.0
+    restart_asked: bool = False  # `swarm restart`: its next exit restarts it at once
     _attempt: int = 0
     _recent: deque[float] = field(default_factory=deque)
 
@@ -100,6 +101,10 @@ class Slot:
         if self.state in (RETIRING, STOPPING, STOPPED):
             self.state = STOPPED
             return None
+        if self.restart_asked:  # asked for: no backoff, and no count against the slot
+            self.restart_asked = False
+            self.state, self.next_start = RESTARTING, now
+            return 0.0
         if now - self.started_at >= self.policy.reset_after:
             self._attempt = 0
         while self._recent and now - self._recent[0] > self.policy.window:
@@ -115,6 +120,20 @@ class Slot:
         self.state = RESTARTING
         self.next_start = now + delay
         return delay
+
+    def restart(self, now: float) -> bool:
+        """`swarm restart`: True if the slot's process must be asked to stop (it then
+        starts again at once); a slot that gave up (FATAL) or waits out its backoff
+        starts now, its count of restarts forgotten."""
+        if self.state in (RETIRING, STOPPING, STOPPED):
+            return False
+        self._attempt = 0
+        self._recent.clear()
+        if self.pid is None:
+            self.state, self.next_start = RESTARTING, now
+            return False
+        self.restart_asked = True
+        return True
 
     def backoff(self) -> float:
         """initial * 2**attempt, capped at max, with jitter in [50%, 100%] of that."""

@@ -97,6 +97,9 @@ def fork_worker(cfg: WorkerConfig, close_in_child: list[int]) -> tuple[int, int]
             os.dup2(null, 0)
             os.dup2(write_fd, 1)
             os.dup2(write_fd, 2)
+            # the process's own streams, not a live view's proxies (which would draw the
+            # supervisor's table into the worker's log)
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             _close(null)
             _close(write_fd)
             from workers.worker import run

@@ -203,7 +203,8 @@ class Pool(_Model):
         None, description="a worker pool's: where a task its worker handed back (needs "
         "deeper reasoning) runs again, when it is part of no run")
     run: RunLimits | None = Field(None, description="a lead's limits per run")
-    workers: Count = Field(1, ge=1, le=4096)
+    workers: Count = Field(1, ge=0, le=4096, description="processes on each host (0: none "
+                           "until `swarm scale`)")
     concurrency: Count = Field(1, ge=1, le=10_000, description="tasks in flight per worker")
     heartbeat: Heartbeat = Field(default_factory=Heartbeat)
     restart: Restart = Field(default_factory=Restart)

@@ -1,9 +1,12 @@
 """The swarm's state directory (``.swarm/<name>/``, mode 0700): how other shells find a
 running swarm. It holds the supervisor's pid file, where Redis is (``redis.json``, no
-secrets) and the Redis password (``redis.pass``, mode 0600)."""
+secrets) and the Redis password (``redis.pass``, mode 0600). What outlives a run: the
+spec and logs it used (``swarm.json``), where its Redis was (``redis.last.json``), the
+embedded Redis's data (``redis/``) and snapshots of it for reading (``history/``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -47,6 +50,21 @@ class StateDir:
     @property
     def redis_dir(self) -> Path:
         return self.path / "redis"
+
+    @property
+    def last_redis_file(self) -> Path:
+        """Where its Redis was when it last ran; kept after it stops (its history is read
+        there). With the password (``redis.last.pass``) only for an external Redis."""
+        return self.path / "redis.last.json"
+
+    @property
+    def last_password_file(self) -> Path:
+        return self.path / "redis.last.pass"
+
+    @property
+    def history_dir(self) -> Path:
+        """Snapshots of a stopped swarm's data, for reading it fast (launcher/history.py)."""
+        return self.path / "history"
 
     @property
     def info_file(self) -> Path:
@@ -104,6 +122,11 @@ class StateDir:
             _write_private(self.password_file, target.password)
         else:
             self.password_file.unlink(missing_ok=True)
+        _write_private(self.last_redis_file, json.dumps({"url": target.url, "embedded": embedded}))
+        if target.password is not None and not embedded:
+            _write_private(self.last_password_file, target.password)
+        else:
+            self.last_password_file.unlink(missing_ok=True)
 
     def embedded(self) -> bool:
         """Whether the swarm's Redis is its own private server (it stops with it)."""
@@ -126,6 +149,42 @@ class StateDir:
         except FileNotFoundError:
             password = None
         return RedisTarget(info["url"], password)
+
+    def read_last_redis(self) -> tuple[RedisTarget, bool] | None:
+        """Where its Redis was when it last ran, and whether it was its own (embedded);
+        None if that was never recorded."""
+        try:
+            info = json.loads(self._read_trusted(self.last_redis_file))
+            url, embedded = str(info["url"]), bool(info.get("embedded"))
+        except (OSError, ValueError, LookupError, TypeError):
+            return None
+        password = None
+        if not embedded:
+            with contextlib.suppress(FileNotFoundError):
+                password = self._read_trusted(self.last_password_file)
+        return RedisTarget(url, password), embedded
+
+    def check_data_trusted(self) -> None:
+        """``Untrusted`` unless the state folder and the embedded Redis's data folder are
+        this user's alone (that data is about to be loaded into a redis-server)."""
+        _check_private(self.path, folder=True)
+        _check_private(self.redis_dir, folder=True)
+
+    def last_active(self) -> float:
+        """About when it last ran: its data's last write, else when it started."""
+        times = [0.0]
+        aof_dir = self.redis_dir / "appendonlydir"  # Valkey's (and Redis 7's) AOF files
+        try:
+            inside = list(aof_dir.iterdir())
+        except OSError:
+            inside = []
+        for path in (self.info_file, self.redis_dir / "appendonly.aof",
+                     self.redis_dir / "dump.rdb", *inside):
+            try:
+                times.append(path.stat().st_mtime)
+            except OSError:
+                pass
+        return max(times)
 
     def _read_trusted(self, path: Path) -> str:
         _check_private(self.path, folder=True)
@@ -212,10 +271,10 @@ def _pick(root: Path, name: str | None) -> StateDir:
         return state
     found = sorted(p for p in root.iterdir() if p.is_dir())
     running = [p for p in found if StateDir(p).live_pid() is not None]
-    candidates = running or found
-    if len(candidates) == 1:
-        return StateDir(candidates[0])
-    if not candidates:
+    if len(running) == 1 or (found and not running):
+        # none runs: the one that ran last (`swarm status` names the others)
+        return max((StateDir(p) for p in running or found), key=StateDir.last_active)
+    if not found:
         raise NotFound(f"no swarm found in {root}")
-    names = ", ".join(p.name for p in candidates)
+    names = ", ".join(p.name for p in running)
     raise NotFound(f"several swarms in {root} ({names}): choose one with --swarm NAME")

@@ -17,7 +17,8 @@ import redis
 
 from launcher import columns
 from launcher.connect import NotRunning
-from launcher.units import format_duration, format_size
+from launcher.redis_server import describe, server_line
+from launcher.units import format_size
 from launcher.slot import SUPERVISOR_WINS, SlotState
 from workers import keys
 from workers.states import TaskState, WorkerState
@@ -32,7 +33,12 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
     pipe.hgetall(keys.counts(name))
     pipe.get(keys.paused(name))
     pipe.hkeys(keys.pools(name))
-    meta, host_names, counts, paused, pool_names = pipe.execute()
+    pipe.info("server")
+    *replies, server = pipe.execute(raise_on_error=False)
+    for reply in replies:  # INFO alone may be refused (a managed Redis): no server line
+        if isinstance(reply, Exception):
+            raise reply
+    meta, host_names, counts, paused, pool_names = replies
     hosts_sorted = sorted(host_names)
     if not meta or (meta.get("state") == "stopped" and not hosts_sorted):
         raise NotRunning(f"swarm '{name}' is not running")
@@ -83,6 +89,7 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
         "paused_pools": {p: why for p, why in pool_pauses.items() if why},
         "tasks": {str(state): int(counts.get(state, 0)) for state in TaskState},
         "workers": workers,
+        "server": describe(server, name) if isinstance(server, dict) else None,
     }
 
 
@@ -169,7 +176,7 @@ def render(view: dict[str, Any]) -> Any:
     t = view["tasks"]
     tasks_line = Text(
         f"tasks: {t['queued']} queued, {t['running']} in flight, {t['done']} done, "
-        f"{t['failed']} failed ({t['dead']} dead-lettered)"
+        f"{t['failed']} failed" + (f" ({t['dead']} of them dead-lettered)" if t["dead"] else "")
         + (f", {t['handed_back']} handed back" if t.get("handed_back") else "")
     )
     if view["paused"]:
@@ -181,7 +188,7 @@ def render(view: dict[str, Any]) -> Any:
     right = {i + lead for i in _RIGHT}
     cells = [[row["host"]] * lead + [
               row["slot"], str(row["pid"] or "-"), row["state"],
-              "-" if row["heartbeat_age"] is None else format_duration(row["heartbeat_age"]),
+              "-" if row["heartbeat_age"] is None else f"{row['heartbeat_age']:.1f}s",
               row["task"] or "-", str(row["done"]), str(row["failed"]), str(row["restarts"]),
               format_size(row["rss"]) if row["rss"] else "-", f"{row['cpu']:.1f}",
               row["last_exit"] or ""] for row in view["workers"]]
@@ -205,7 +212,8 @@ def render(view: dict[str, Any]) -> Any:
     for h in view["hosts"]:
         if many and h["host"] not in {r["host"] for r in view["workers"]}:
             lines.append(_host_line(h))
-    return Group(head, tasks_line, *lines)
+    server = [Text(server_line(view["server"]))] if view.get("server") else []
+    return Group(head, *server, tasks_line, *lines)
 
 
 def _host_line(host: dict[str, Any]) -> Any:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from launcher import control, judge, proctree
+from launcher import commands, judge, proctree
 from launcher.batch import Batch
 from launcher.children import Children, Running
 from launcher.events import EventLog
@@ -42,8 +42,9 @@ from launcher.slot_table import SlotTable
 from launcher.spawn import config_for
 from launcher.spec import SwarmSpec
 from launcher.state import StateDir
-from workers import keys
-from workers.budgets import Budget, budgets
+from workers import keys, ledger_format
+from workers.budgets import Budget
+from workers.budgets import in_force as budgets_in_force
 from workers.config import EXIT_BOOT_FAILED, EXIT_ORPHANED
 from workers.pricing import newest_sonnet
 from workers.redis_target import RedisTarget
@@ -66,6 +67,7 @@ class Supervisor:
 
     stopping_since: float | None = None
     stop_deadline: float | None = None
+    stopped_at_once: str | None = None  # the reason of a stop without grace
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -78,7 +80,8 @@ class Supervisor:
                                  self.embedded is not None)
         self.returns = Returns(self.redis, spec.name, self.host, list(spec.pools), self.events)
         self.fence = fence_for(spec)  # what of this host the tools may not touch
-        self.budgets = budgets(spec.budget_usd, {n: p.budget_usd for n, p in spec.pools.items()})
+        self.spend_fields = [ledger_format.field("total", "*", "nano"),
+                              *(ledger_format.field("pool", n, "nano") for n in spec.pools)]
         self._selector = selectors.DefaultSelector()
         self.signals = SignalQueue(self._selector)
         self.children = Children(self._selector, spec.logs, self.events,
@@ -121,7 +124,8 @@ class Supervisor:
                     break
         finally:
             self._finish()
-        return 0
+        # stopped at once by a second Ctrl-C: the shell's convention for SIGINT, 128 + 2
+        return 130 if self.stopped_at_once == "SIGINT twice" else 0
 
     def wait(self, timeout: float) -> None:
         for key, _ in self._selector.select(timeout):
@@ -149,7 +153,8 @@ class Supervisor:
             if sig == signal.SIGCHLD:
                 continue  # reap() runs every turn of the loop
             if sig == signal.SIGQUIT or (sig == signal.SIGINT and self.stopping_since):
-                self.stop(graceful=False, reason=signal.Signals(sig).name)
+                self.stop(graceful=False, reason=signal.Signals(sig).name +
+                          (" twice" if sig == signal.SIGINT else ""))
             else:
                 self.stop(graceful=True, reason=signal.Signals(sig).name)
 
@@ -183,7 +188,8 @@ class Supervisor:
         if slot.state in (HUNG, KILLING):
             reason = f"{slot.last_exit}; {reason}"
         elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-            reason += " (out of memory, or killed from outside?)"
+            reason += (f" (the swarm was stopped at once: {self.stopped_at_once})"
+                       if self.stopped_at_once else " (out of memory, or killed from outside?)")
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         self.events.record("exit", slot, pid=pid, reason=reason,
                            ran=round(time.monotonic() - slot.started_at, 3), clean=clean)
@@ -251,9 +257,8 @@ class Supervisor:
             batch.add(lambda p: self.presence.publish(p, self.slots, self.table.targets,
                                                       self.stopping_since is not None))
         batch.add(self.events.flush_into)
-        if self.budgets:
-            batch.add(lambda p: p.hmget(keys.ledger(self.spec.name),
-                                        [b.field for b in self.budgets]), "spent")
+        batch.add(lambda p: p.hgetall(keys.budgets(self.spec.name)), "budgets")
+        batch.add(lambda p: p.hmget(keys.ledger(self.spec.name), self.spend_fields), "spent")
         batch.add(lambda p: p.mget([keys.lease(self.spec.name, s.consumer) for s in live]
                                    or ["-"]), "leases")
         batch.add(lambda p: p.lpop(keys.host_control(self.spec.name, self.host), 100),
@@ -277,8 +282,11 @@ class Supervisor:
         self._judge_leases(live, replies["leases"], now)
         for raw in replies["commands"] or []:
             self._command(raw)
-        if self.budgets:
-            self._pause_spent(judge.spent(self.budgets, replies["spent"], self._budget_reached))
+        in_force = budgets_in_force(replies["budgets"] or {}, self.spec.budget_usd,
+                                    {n: p.budget_usd for n, p in self.spec.pools.items()})
+        spent = dict(zip(self.spend_fields, replies["spent"]))
+        self._pause_spent(judge.spent(in_force, [spent.get(b.field) for b in in_force],
+                                      self._budget_reached))
         self._maybe_ready()
 
     def _judge_leases(self, live: list[Slot], leases: list[str | None], now: float) -> None:
@@ -304,7 +312,7 @@ class Supervisor:
     def _pause_spent(self, spent: list[tuple[Budget, str]]) -> None:
         """A budget used up pauses new work (once; workers also check at each start)."""
         for budget, reason in spent:
-            self._budget_reached.add(budget.who)
+            self._budget_reached.add(judge.budget_said(budget))
             self.redis.set(keys.paused(self.spec.name, budget.pool), reason)
             self.events.record("budget_reached", who=budget.who, budget_usd=budget.usd,
                                reason=reason, level=logging.WARNING)
@@ -315,28 +323,13 @@ class Supervisor:
             self.stop_deadline = None
             self.children.kill_all("stop grace over")
 
-    # --- control: scale and down ---------------------------------------------------
+    # --- control: commands from the control list (launcher/commands.py) -------------
 
     def _command(self, raw: str) -> None:
-        command = control.decode(raw)
-        if isinstance(command, control.Down):
-            self.stop(graceful=not command.now, reason="swarm down")
-        elif isinstance(command, control.Scale) and command.pool in self.spec.pools:
-            self.scale(command.pool, command.workers)
-        else:
-            log.warning("ignored a control command: %.200r", raw)
+        commands.handle(self, raw)
 
-    def scale(self, pool: str, workers: int) -> None:
-        """Run ``workers`` of ``pool`` here: new slots start at the next turn; retired
-        ones finish their tasks (within stop_grace) and are not restarted."""
-        before = self.table.targets[pool]
-        for slot in self.table.scale(pool, workers):
-            if slot.pid is None:
-                slot.state, slot.next_start = STOPPED, None
-                continue
-            slot.kill_at = time.monotonic() + self.spec.stop_grace + self.spec.kill_grace
-            proctree.signal_tree(slot.pid, signal.SIGTERM)
-        self.events.record("scale", pool=pool, before=before, after=workers)
+    def dirty(self) -> None:
+        """Something changed that the slot table in Redis must show at the next tick."""
         self._dirty = True
 
     def _drop_slot(self, worker_id: str) -> None:
@@ -363,6 +356,7 @@ class Supervisor:
             self._dirty = True
         if not graceful:
             self.stop_deadline = now
+            self.stopped_at_once = reason
 
     def _finish(self) -> None:
         """Whatever happened, leave nothing running; then leave the swarm."""

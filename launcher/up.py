@@ -53,6 +53,50 @@ def check_shell_sandbox(spec: SwarmSpec) -> None:
                     "false to run them unsandboxed, as the worker's user (see README)")
 
 
+LOG_OWNER = ".swarm-owner"  # in a log folder: the swarm whose supervisor writes there
+
+
+def log_dir_problem(spec: SwarmSpec) -> str | None:
+    """One running swarm per log folder (its files are named by slot, not by swarm):
+    why not, if another swarm's live supervisor writes there."""
+    from launcher.state import pid_alive, process_started
+
+    try:
+        name, pid, started = (spec.logs.dir / LOG_OWNER).read_text().split()
+        if name != spec.name and pid_alive(int(pid)) and process_started(int(pid)) == started:
+            return (f"{spec.logs.dir} holds the logs of swarm '{name}', running (pid {pid}): "
+                    f"give swarm '{spec.name}' a folder of its own (logs.dir in its spec)")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def claim_log_dir(spec: SwarmSpec) -> None:
+    from launcher.state import process_started
+
+    problem = log_dir_problem(spec)
+    if problem:
+        raise UpError(problem)
+    (spec.logs.dir / LOG_OWNER).write_text(
+        f"{spec.name} {os.getpid()} {process_started(os.getpid())}\n")
+
+
+def api_key_problem(spec: SwarmSpec, environ: dict[str, str] | None = None) -> str | None:
+    """Why the workers of some pool would have no API key (every task would fail), or
+    None. The key comes from the environment of `swarm up`, or a pool's ``env``."""
+    env = os.environ if environ is None else environ
+    names = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+    if any(env.get(n) for n in names):
+        return None
+    keyless = [name for name, pool in spec.pools.items()
+               if not any(pool.env.get(n) for n in names)]
+    if not keyless:
+        return None
+    return ("ANTHROPIC_API_KEY is not set: every task of pool "
+            f"{', '.join(keyless)} would fail; export it (or ANTHROPIC_AUTH_TOKEN) in this "
+            "shell, then run `swarm up` again")
+
+
 def archive_warnings(spec: SwarmSpec) -> list[str]:
     """Librarian archives too short for their model to cache (at about 4 characters a
     token): every question then pays for the whole archive, and the API does not say."""
@@ -116,6 +160,7 @@ def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = T
     isolate_imports(os.getcwd(), *(str(p.workdir) for p in spec.pools.values()))
     state.create()
     spec.logs.dir.mkdir(parents=True, exist_ok=True)
+    claim_log_dir(spec)
     view = _live_view() if live and notify_fd is None and sys.stdout.isatty() else None
     _setup_logging(spec, console=notify_fd is None, live=view)
     notify = _notifier(notify_fd)
@@ -125,10 +170,8 @@ def run_foreground(spec: SwarmSpec, notify_fd: int | None = None, live: bool = T
     except UpError as exc:
         notify(str(exc))
         raise
-    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
-        logging.getLogger("swarm.supervisor").warning(
-            "ANTHROPIC_API_KEY is not set: every task will fail until it is "
-            "(set it, then `swarm down` and `swarm up`)")
+    if api_key_problem(spec):  # (`swarm up` refuses; the Python API's callers may not)
+        logging.getLogger("swarm.supervisor").warning(str(api_key_problem(spec)))
     state.write_redis(target, embedded is not None)
     state.write_pid(os.getpid())
     state.write_info(spec=str(spec.source), logs=str(spec.logs.dir), name=spec.name,
@@ -202,7 +245,8 @@ def _setup_logging(spec: SwarmSpec, console: bool, live: LiveView | None) -> Non
     logger = logging.getLogger("swarm")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    logger.handlers[:] = [rotating(spec.logs.dir / "supervisor.log", spec.logs, SUPERVISOR_FORMAT)]
+    logger.handlers[:] = [rotating(spec.logs.dir / "supervisor.log", spec.logs,
+                                   SUPERVISOR_FORMAT.format(swarm=spec.name))]
     if live is not None:
         logger.addHandler(live.handler)
     elif console:

@@ -67,7 +67,12 @@ def test_a_budget_is_spent_once_and_said_once() -> None:
     assert [(b.who, why) for b, why in spent] == [
         ("the swarm", "budget reached: the swarm spent $1.000000 of $1")]
     assert is_budget_pause(spent[0][1]) and not is_budget_pause("API spend limit reached")
-    assert judge.spent(found, ["2000000000", None], already={"the swarm"}) == []
+    said = {judge.budget_said(found[0])}
+    assert judge.spent(found, ["2000000000", None], already=said) == []
+    # raised (`swarm budget 3`): the new budget is judged anew
+    raised = budgets(3.0, {})
+    assert judge.spent(raised, ["2000000000"], already=said) == []
+    assert [b.who for b, _ in judge.spent(raised, ["3000000000"], already=said)] == ["the swarm"]
 
 
 def test_ready_once_every_slot_beat_or_gave_up() -> None:

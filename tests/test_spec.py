@@ -228,7 +228,7 @@ BAD_SPECS = [
     ("model_not_a_string", "pools:\n  haiku:\n    model: [a]\n",
      "swarm.yaml:3: pools.haiku.model: must be a string"),
     # numbers
-    ("workers_zero", P + "    workers: 0\n", "swarm.yaml:4: pools.haiku.workers: must be >= 1"),
+    ("workers_negative", P + "    workers: -1\n", "swarm.yaml:4: pools.haiku.workers: must be >= 0"),
     ("workers_not_a_number", P + "    workers: lots\n",
      "swarm.yaml:4: pools.haiku.workers: must be a whole number"),
     ("workers_a_fraction", P + "    workers: 1.5\n",
@@ -241,7 +241,7 @@ BAD_SPECS = [
      "swarm.yaml:5: pools.haiku.restart.max_restarts: must be >= 0"),
     ("backups_too_many", "logs:\n  backups: 101\n" + P,
      "swarm.yaml:2: logs.backups: must be <= 100"),
-    ("two_errors_first_by_line", P + "    concurrency: 0\n    workers: 0\n",
+    ("two_errors_first_by_line", P + "    concurrency: 0\n    workers: -1\n",
      "swarm.yaml:4: pools.haiku.concurrency: must be >= 1 (and 1 more)"),
     # durations
     ("bad_duration", P + "    task_timeout: 5 minutes\n",
@@ -319,10 +319,10 @@ def test_bad_spec_table_is_large_and_distinct() -> None:
 
 
 def test_the_label_is_the_path_as_given(tmp_path: Path) -> None:
-    path = write(tmp_path, P + "    workers: 0\n")
+    path = write(tmp_path, P + "    workers: -1\n")
     with pytest.raises(SpecError) as info:
         load(path, environ={})
-    assert str(info.value) == f"{path}:4: pools.haiku.workers: must be >= 1"
+    assert str(info.value) == f"{path}:4: pools.haiku.workers: must be >= 0"
 
 
 def test_missing_file(here: Path) -> None:
@@ -667,10 +667,10 @@ def test_schema_uses_only_json_schema_keywords() -> None:
 
 
 def test_up_with_a_bad_spec_exits_2_with_one_line(here: Path) -> None:
-    write(here, P + "    workers: 0\n")
+    write(here, P + "    workers: -1\n")
     result = CliRunner().invoke(app, ["up", "swarm.yaml"])
     assert result.exit_code == 2
-    assert result.stderr == "swarm: swarm.yaml:4: pools.haiku.workers: must be >= 1\n"
+    assert result.stderr == "swarm: swarm.yaml:4: pools.haiku.workers: must be >= 0\n"
     assert result.stdout == ""
     assert "Traceback" not in result.output
 

@@ -42,3 +42,26 @@ def budgets(swarm_usd: float | None, pools: dict[str, float | None]) -> list[Bud
 
 def is_budget_pause(reason: str | None) -> bool:
     return bool(reason) and str(reason).startswith(PREFIX)
+
+
+def from_redis(values: dict[str, str], pool: str, swarm_usd: float | None,
+               pool_usd: float | None) -> list[Budget]:
+    """The budgets a worker of ``pool`` keeps: those in Redis (``keys.budgets``), else
+    the spec's as it was given at fork."""
+    return in_force(values, swarm_usd, {pool: pool_usd})
+
+
+def in_force(values: dict[str, str], swarm_usd: float | None,
+             pools: dict[str, float | None]) -> list[Budget]:
+    """The swarm's budget and those of ``pools``, as Redis holds them (`swarm budget`
+    changes them while the swarm runs), else as given (the spec's)."""
+    def read(field: str, default: float | None) -> float | None:
+        if field not in values:
+            return default
+        try:
+            return float(values[field]) if values[field] else None
+        except ValueError:
+            return default
+
+    return budgets(read("swarm", swarm_usd),
+                   {pool: read(f"pool:{pool}", usd) for pool, usd in pools.items()})

@@ -104,7 +104,8 @@ def _ns(swarm: str) -> str:
 
 def meta(swarm: str) -> str:
     """Hash: what the swarm's hosts share: state (running while any host is up),
-    default pool, reference model, price source, Redis kind."""
+    default pool, lead and librarian pools, budget, workdirs, reference model, price
+    source, Redis kind."""
     return f"{_ns(swarm)}:meta"
 
 
@@ -174,6 +175,12 @@ def task_meta(swarm: str, task_id: str) -> str:
     return f"{_ns(swarm)}:task:{task_id}"
 
 
+def cancel(swarm: str, task_id: str) -> str:
+    """String with an expiry: `swarm cancel` asks the worker running the task to stop it
+    (read with each beat); the task then ends cancelled."""
+    return f"{_ns(swarm)}:task:{task_id}:cancel"
+
+
 def tasks(swarm: str) -> str:
     """Sorted set: task ids by submission time (`swarm tasks`)."""
     return f"{_ns(swarm)}:tasks"
@@ -194,6 +201,13 @@ def paused(swarm: str, pool: str | None = None) -> str:
     """String: when set, no worker (of ``pool``, or of the swarm) starts new work; the
     value is the reason (API spend limit, budget reached)."""
     return f"{_ns(swarm)}:paused" + (f":{pool}" if pool else "")
+
+
+def budgets(swarm: str) -> str:
+    """Hash: the budgets in force, USD: ``swarm`` and ``pool:{name}`` ('' for none).
+    Written from the spec by each host at start; `swarm budget` changes them while the
+    swarm runs; workers read them as they start each task."""
+    return f"{_ns(swarm)}:budgets"
 
 
 def ledger(swarm: str) -> str:

@@ -48,6 +48,9 @@ redis.call('HINCRBY', KEYS[4], 'calls', 1)
 redis.call('HINCRBY', KEYS[4], 'tokens', side + tonumber(ARGV[7]))
 redis.call('HINCRBY', KEYS[4], 'input_side', side)
 if read ~= 0 then redis.call('HINCRBY', KEYS[4], 'cache_read', read) end
+if tonumber(ARGV[7]) ~= 0 then redis.call('HINCRBY', KEYS[4], 'output', ARGV[7]) end
+if tonumber(ARGV[8]) ~= 0 then redis.call('HINCRBY', KEYS[4], 'cache_write', ARGV[8]) end
+if ref >= 0 then redis.call('HINCRBY', KEYS[4], 'ref_nano', ref) end
 if nano >= 0 then
   redis.call('HINCRBY', KEYS[4], 'nano', nano)
   redis.call('ZINCRBY', KEYS[5], nano, ARGV[5])

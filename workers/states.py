@@ -14,9 +14,11 @@ class TaskState(StrEnum):
     DEAD = "dead"  # failed and dead-lettered (its attempts used up, or unrunnable)
     ELSEWHERE = "elsewhere"  # claimed by a worker outside this swarm
     HANDED_BACK = "handed_back"  # its worker said it needs deeper reasoning
+    CANCELLED = "cancelled"  # by `swarm cancel`, before it ran or while it ran
 
 
-FINISHED = (TaskState.DONE, TaskState.FAILED, TaskState.DEAD, TaskState.HANDED_BACK)
+FINISHED = (TaskState.DONE, TaskState.FAILED, TaskState.DEAD, TaskState.HANDED_BACK,
+            TaskState.CANCELLED)
 
 
 class RunState(StrEnum):

@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 import redis
 
-from workers import findings_index, keys, payload, scripts
+from workers import findings_index, keys, ledger_format, payload, scripts
 from workers.agent import Agent, Outcome, SpendLimitReached
 from workers.lead import Lead
 from workers.lookup_tools import SwarmTools
-from workers.budgets import budgets
+from workers.budgets import from_redis
 from workers.config import WorkerConfig
 from workers.pricing import Usage
 from workers.redis_retry import until_redis
@@ -49,11 +49,14 @@ class TaskRunner:
         self.claim_ttl = int(cfg.task_timeout) + 60
         self.inflight: set[asyncio.Task[None]] = set()
         self.running: dict[str, float] = {}  # task id -> monotonic start, once START ran
+        self.working: dict[str, asyncio.Task[Outcome]] = {}  # task id -> its agent's run
+        self.cancelling: set[str] = set()
         self._start_sha = ""  # loaded at boot; used inside a pipeline by its sha
         self._finish = redis_client.register_script(scripts.FINISH)
         self._hand_back = redis_client.register_script(scripts.HAND_BACK)
         self._escalate = redis_client.register_script(scripts.ESCALATE)
-        self._budgets = budgets(cfg.budget_usd, {cfg.pool: cfg.pool_budget_usd})
+        self._spend_fields = [ledger_format.field("total", "*", "nano"),
+                              ledger_format.field("pool", cfg.pool, "nano")]
 
     # --- reading the queue ---------------------------------------------------------
 
@@ -148,11 +151,11 @@ class TaskRunner:
         now = time.time()
         k, a = scripts.start_args(self.cfg.swarm, task_id, self.consumer, self.claim_ttl, now,
                                   self.cfg.max_attempts)
-        verdict, raw, context, last_error, spent, paused = await until_redis(
+        verdict, raw, context, last_error, in_force, spent, paused, attempt = await until_redis(
             lambda: self._start_pipeline(k, a, task_id), f"claiming task {task_id}")
         if verdict == "run":
             self.running[task_id] = time.monotonic()  # START counted this attempt
-            if await self._held_back(spent, paused, entry_id, task_id):
+            if await self._held_back(in_force, spent, paused, entry_id, task_id):
                 return
         if verdict == "done" or verdict.startswith("taken:"):
             await self._ack(entry_id)
@@ -179,10 +182,17 @@ class TaskRunner:
                 lambda: self.redis.get(keys.run_context(self.cfg.swarm, run)),
                 f"reading the context of run {run}")
         self.report.task_started(task_id)
+        log.info("task %s: started, attempt %s of %d: %s", task_id, attempt or "?",
+                 self.cfg.max_attempts, _one_line(task.description, 100))
+        started = time.monotonic()
         try:
             outcome = await self._execute(task, context, task_id, run_context)
         finally:
             self.report.task_ended(task_id)
+        log.info("task %s: %s in %.1fs, %d calls, %s%s", task_id, outcome.status,
+                 time.monotonic() - started, outcome.calls,
+                 "cost unknown" if outcome.nano is None else f"${outcome.nano / 1e9:.6f}",
+                 f": {_one_line(outcome.error, 200)}" if outcome.error else "")
         if outcome.status == TaskState.HANDED_BACK and not run and \
                 await self._escalated(entry_id, task_id, task, outcome):
             return
@@ -206,17 +216,21 @@ class TaskRunner:
         pipe.get(keys.task(task_id))
         pipe.get(keys.CONTEXT_ACTIVE)
         pipe.hget(keys.task_meta(self.cfg.swarm, task_id), "error")
-        pipe.hmget(keys.ledger(self.cfg.swarm), [b.field for b in self._budgets] or ["-"])
+        pipe.hgetall(keys.budgets(self.cfg.swarm))
+        pipe.hmget(keys.ledger(self.cfg.swarm), self._spend_fields)
         pipe.mget(keys.paused(self.cfg.swarm), keys.paused(self.cfg.swarm, self.cfg.pool))
+        pipe.hget(keys.task_meta(self.cfg.swarm, task_id), "attempts")
         return list(await pipe.execute())
 
-    async def _held_back(self, spent: list[str | None], paused: list[str | None],
-                         entry_id: str, task_id: str) -> bool:
+    async def _held_back(self, in_force: dict[str, str], spent: list[str | None],
+                         paused: list[str | None], entry_id: str, task_id: str) -> bool:
         """If the swarm or pool is paused, or a budget is used up, give the task back
         untouched (the attempt refunded): no new task starts; those running finish."""
         reason = next((why for why in paused if why), None)
-        for budget, value in zip(self._budgets, spent):
-            reached = budget.reached(int(value or 0))
+        total, pool = (int(v or 0) for v in spent)
+        for budget in from_redis(in_force, self.cfg.pool, self.cfg.budget_usd,
+                                 self.cfg.pool_budget_usd):
+            reached = budget.reached(total if budget.pool is None else pool)
             if reason is None and reached:
                 reason = reached
                 await self.report.pause(reason, budget.pool)
@@ -263,16 +277,36 @@ class TaskRunner:
             run=scope if isinstance(scope, str) and scope else None,
             librarian=bool(self.cfg.librarians),
             timeout=float(self.cfg.tools.get("librarian_timeout", 60.0)))  # type: ignore[arg-type]
+        work = asyncio.create_task(self.agent.run(task, toolbox, context, task_id, run_context),
+                                   name=f"work {task_id}")
+        self.working[task_id] = work
         try:
             async with asyncio.timeout(self.cfg.task_timeout):
-                return await self.agent.run(task, toolbox, context, task_id, run_context)
+                return await work
+        except asyncio.CancelledError:
+            if task_id not in self.cancelling or not work.cancelled():
+                raise
+            outcome = _failed("cancelled while it ran (swarm cancel)")
+            outcome.status = TaskState.CANCELLED
         except TimeoutError:
             outcome = _failed(f"task timeout after {self.cfg.task_timeout:g}s")
         except SpendLimitReached as exc:
             await self.report.pause(f"API spend limit reached: {exc}")
             outcome = _failed(f"API spend limit reached: {exc}")
+        finally:
+            self.working.pop(task_id, None)
+            self.cancelling.discard(task_id)
         outcome.files_changed = sorted(toolbox.files_changed)
         return outcome
+
+    def cancel(self, task_ids: list[str]) -> None:
+        """Stop these running tasks (`swarm cancel`): each ends cancelled."""
+        for task_id in task_ids:
+            work = self.working.get(task_id)
+            if work is not None and not work.done():
+                log.info("task %s: cancelled (swarm cancel)", task_id)
+                self.cancelling.add(task_id)
+                work.cancel()
 
     async def _record(self, entry_id: str, task_id: str, description: str,
                       outcome: Outcome, run: str = "", dead: bool = False) -> None:
@@ -360,6 +394,11 @@ async def ensure_group(redis: Any, stream: str) -> None:
     except Exception as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
 def _failed(reason: str) -> Outcome:

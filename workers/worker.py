@@ -66,8 +66,8 @@ def _setup_logging(cfg: WorkerConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter(
-            f"%(asctime)s %(levelname)s {cfg.slot or cfg.worker_id}#{cfg.generation} "
-            "%(message)s"
+            f"%(asctime)s %(levelname)s {cfg.swarm}/{cfg.slot or cfg.worker_id}"
+            f"#{cfg.generation} %(message)s"
         )
     )
     # Forked from the supervisor: drop the handlers we inherited (its log file).
@@ -87,7 +87,10 @@ def _setup_logging(cfg: WorkerConfig) -> None:
 class Worker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
-        self.redis = cfg.redis.aio(socket_timeout=max(1.0, cfg.heartbeat_interval))
+        # every task in flight may want a connection at once (redis-py 8's pools stop
+        # at 100 and then raise): room for all of them, the heartbeat and the tools
+        self.redis = cfg.redis.aio(socket_timeout=max(1.0, cfg.heartbeat_interval),
+                                   max_connections=2 * cfg.concurrency + 32)
         self.report = Report(cfg, self.redis)
         self.runner: TaskRunner | None = None
         self.jail: Jail | None = None
@@ -196,8 +199,14 @@ class Worker:
         pipe.set(self._beat_key, now, px=self._beat_ms)
         pipe.hset(self._status_key, mapping=cast(dict[Any, Any], self.report.fields(now)))
         pipe.mget(keys.paused(self.cfg.swarm), keys.paused(self.cfg.swarm, self.cfg.pool))
+        busy = list(self.report.busy)
+        if busy:
+            pipe.mget([keys.cancel(self.cfg.swarm, t) for t in busy])
         try:
-            swarm_wide, pool_only = (await pipe.execute())[-1]
+            replies = await pipe.execute()
+            swarm_wide, pool_only = replies[3]
+            if busy and self.runner is not None:
+                self.runner.cancel([t for t, flag in zip(busy, replies[4]) if flag])
             self.report.paused = swarm_wide or pool_only
             if self._redis_down_logged:
                 log.info("Redis is back")

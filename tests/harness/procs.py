@@ -32,8 +32,13 @@ def checkout_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every swarm process we start (CLI, supervisor, workers): as
     :func:`checkout_env`, but none of the developer's own API key, endpoint, Redis or
-    host name (``extra`` sets what a test or a benchmark wants), and wide columns."""
-    return _environ({"COLUMNS": "200", **(extra or {})}, drop=_PRIVATE)
+    host name (``extra`` sets what a test or a benchmark wants), and wide columns. A
+    key that opens nothing and an endpoint where nothing listens stand in for the real
+    ones (`swarm up` wants a key; no test reaches the internet); an empty
+    ``ANTHROPIC_API_KEY`` in ``extra`` means none."""
+    return _environ({"COLUMNS": "200", "ANTHROPIC_API_KEY": "sk-ant-test-opens-nothing",
+                     "ANTHROPIC_BASE_URL": "http://127.0.0.1:9", **(extra or {})},
+                    drop=_PRIVATE)
 
 
 def _environ(extra: dict[str, str] | None, drop: tuple[str, ...]) -> dict[str, str]:
