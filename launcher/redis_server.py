@@ -297,11 +297,16 @@ class EmbeddedRedis:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SHUTDOWN (flushes the append-only file); SIGKILL if it will not go."""
+    def stop(self, timeout: float = 10.0, compact_within: float = 5.0) -> None:
+        """Compact the append-only file (so that the next start, and reading the
+        stopped swarm's history, load a snapshot rather than replay every command; at
+        most ``compact_within`` seconds), then SHUTDOWN (which flushes it); SIGKILL if
+        it will not go."""
         if self.process is None:
             return
         if self.process.poll() is None:
+            with contextlib.suppress(Exception):
+                self._compact(compact_within)
             # SHUTDOWN drops the connection by design: its error is the expected answer
             with contextlib.suppress(Exception):
                 self.target.sync(socket_timeout=2.0).shutdown(nosave=False)
@@ -310,6 +315,20 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._cleanup()
+
+    def _compact(self, within: float) -> None:
+        client = self.target.sync(socket_timeout=2.0)
+        try:
+            client.bgrewriteaof()
+            deadline = time.monotonic() + within
+            while time.monotonic() < deadline:
+                info = client.info("persistence")
+                if not info.get("aof_rewrite_in_progress") and \
+                        not info.get("aof_rewrite_scheduled"):
+                    return
+                time.sleep(0.02)
+        finally:
+            client.close()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -156,3 +156,31 @@ def test_an_external_server_is_named_with_its_port() -> None:
     assert describe({"server_name": "valkey", "valkey_version": "9.1.2",
                      "redis_version": "7.2.4", "tcp_port": 0, "config_file": ""}, "x") == {
         "name": "valkey", "version": "9.1.2", "embedded": False, "listens": "unix socket"}
+
+
+def test_a_stop_leaves_a_compact_append_only_file(tmp_path: Path) -> None:
+    server = start(tmp_path)
+    try:
+        client = server.target.sync()
+        for start_at in range(0, 20_000, 1000):
+            pipe = client.pipeline(transaction=False)
+            for i in range(start_at, start_at + 1000):
+                pipe.set("counter", i)  # one key written 20,000 times
+            pipe.execute()
+        client.close()
+        data = server.state.path / "redis"
+        before = _size(data)
+    finally:
+        server.stop()
+    after = _size(data)
+    assert after < before / 10, (before, after)  # a snapshot of one key, not 20,000 SETs
+    again = start(tmp_path)
+    try:
+        assert again.target.sync().get("counter") == "19999"
+    finally:
+        again.stop()
+
+
+def _size(folder: Path) -> int:
+    """The bytes of the data files (not the server's link to its binary)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
