@@ -285,7 +285,7 @@ def test_5m_and_1h_writes_are_billed_apart(make_api: Callable[..., FakeAPI]) -> 
         411, 210, 201, 301)
     assert api.billed().keys() == {"responses", "input_tokens", "output_tokens",
                                    "cache_creation_input_tokens", "cache_read_input_tokens",
-                                   "by_model"}
+                                   "by_model", "batch"}
     assert sorted(e["ttl"] for e in api.cached()) == [300.0, 300.0, 300.0, 3600.0]
 
 

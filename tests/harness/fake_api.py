@@ -15,10 +15,10 @@ As its own process (benchmarks)::
 
 It is raw HTTP/1.1 on asyncio streams (keep-alive, Content-Length or chunked bodies,
 TCP_NODELAY), so a thousand concurrent slow calls cost a thousand sleeping coroutines.
-Only ``POST /v1/messages`` exists. Requests are checked the way the real API checks the
-things a client gets wrong (empty content, a tool_use without its tool_result right
-after, a tool_result without its tool_use, more than 4 cache breakpoints, a 1h
-breakpoint after a 5m one): those get a 400.
+Only ``POST /v1/messages`` and the Message Batches endpoints (below) exist. Requests are
+checked the way the real API checks the things a client gets wrong (empty content, a
+tool_use without its tool_result right after, a tool_result without its tool_use, more
+than 4 cache breakpoints, a 1h breakpoint after a 5m one): those get a 400.
 
 A reply is billed (counted in ``billed()``) when it is produced, whether or not the
 client is still there to read it; errors, injected faults included, are never billed.
@@ -97,6 +97,27 @@ spaces the events. ``Reply.cut_after=N`` closes the connection after N events (0
 after the headers) without ending the chunked body, as a dropped connection does; such a
 reply is billed in full, input and output (the fake generated all of it; the client
 only saw the start), and its cache writes are committed when it is cut.
+
+Message Batches (``/v1/messages/batches``, in tests/harness/fake_batches.py): create,
+retrieve, list, cancel, delete and results (JSONL at the batch's ``results_url``, which
+points back at the fake), in the shapes the SDK's ``client.messages.batches`` parses. A
+batch's N entries are answered one after another in request order, entry i falling due
+``batch_delay * (i + 1) / N`` seconds after creation by ``clock``, and answered when a
+batch endpoint is next called (so a test moves its clock, or polls a small real delay);
+the batch ends (``processing_status`` "ended", ``results_url`` set, ``request_counts``
+filled in) with its last entry. An entry is answered like an ordinary request: checked
+(a 400 becomes an ``errored`` result with an invalid_request_error; so does
+``stream: true``), then the same ``script``; an error Reply gives ``errored`` (its type
+and message), ``expired_reply()`` gives ``expired``. A success is a Message with
+``usage.service_tier`` "batch", its prompt caching computed as above, its lookups and
+writes made at once (so a later entry of the same batch reads what an earlier one
+wrote), and billed at batch rates: in ``billed()["batch"]``, not in the standard totals;
+errored, expired and canceled entries are never billed. ``cancel`` makes the batch
+"canceling" and ends it ``batch_cancel_delay`` seconds later, entries not due by then
+being ``canceled``; entries due more than 24 h after creation are ``expired``.
+``FakeAPI(batch_faults=BatchFaults(errored=p, expired=q, seed=s))`` makes entries errored
+(an api_error, the script not called) or expired, reproducibly. ``faults`` and
+``latency`` do not apply to the batch endpoints.
 """
 
 from __future__ import annotations
@@ -119,6 +140,10 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Iterator, Union
+from urllib.parse import parse_qsl
+
+from tests.harness.fake_batches import PREFIX as BATCHES_PREFIX
+from tests.harness.fake_batches import BatchError, Batches, BatchFaults
 
 Request = dict[str, Any]
 Script = Callable[[Request], Union["Reply", None, Awaitable[Union["Reply", None]]]]
@@ -138,6 +163,7 @@ CACHE_MIN_TOKENS = {"claude-opus-4-5": 4096, "claude-haiku-4-5": 4096,
                     "claude-3-haiku": 2048}
 DEFAULT_CACHE_MIN = 1024
 STREAM_CHUNK = 16  # characters per text/json/thinking delta
+BATCH_EXPIRED = "batch_expired"  # the error_type of expired_reply()
 
 
 @dataclass
@@ -237,6 +263,11 @@ def error_reply(status: int, error_type: str | None = None, message: str | None 
     return Reply(status=status, error_type=error_type or ERROR_TYPES.get(status, "api_error"),
                  message=message or f"fake {status}", retry_after=retry_after,
                  error_code=error_code, should_retry=should_retry, delay=delay)
+
+
+def expired_reply() -> Reply:
+    """In a batch, the entry ``expired``; to an ordinary request, a 500."""
+    return error_reply(500, BATCH_EXPIRED, "the batch entry expired")
 
 
 def spend_limit_reply(message: str = "You have reached your specified API usage limits.",
@@ -649,7 +680,9 @@ class FakeAPI:
                  keep_requests: int = 10_000, seed: int = 0, cache: bool = True,
                  cache_min_tokens: dict[str, int] | None = None,
                  default_cache_min: int = DEFAULT_CACHE_MIN,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, batch_delay: float = 1.0,
+                 batch_cancel_delay: float = 0.0,
+                 batch_faults: BatchFaults | None = None) -> None:
         self.latency, self.jitter = latency, jitter
         self.script: Script = script or default_script
         self.faults = faults
@@ -659,6 +692,9 @@ class FakeAPI:
         self.cache_min_tokens = {**CACHE_MIN_TOKENS, **(cache_min_tokens or {})}
         self.default_cache_min = default_cache_min
         self.clock = clock
+        self.batch_delay, self.batch_cancel_delay = batch_delay, batch_cancel_delay
+        self.batch_faults = batch_faults
+        self.batches = Batches(self)
         self.url, self.port = "", 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -667,6 +703,7 @@ class FakeAPI:
         self._requests = 0
         self._errors: Counter[int] = Counter()
         self._billed: dict[str, Counter[str]] = {}
+        self._batch_billed: dict[str, Counter[str]] = {}
         self._entries: dict[str, dict[str, _Entry]] = {}  # model -> prefix hash -> entry
         self._served: OrderedDict[str, _Served] = OrderedDict()
         self._ids = itertools.count(1)
@@ -741,15 +778,14 @@ class FakeAPI:
         """``{"responses": n, <usage fields>: sums, "by_model": {model: same}}``; with
         ``detail``, also ``ephemeral_5m_input_tokens``/``ephemeral_1h_input_tokens`` (the
         TTL split of ``cache_creation_input_tokens``), ``streamed`` (responses that were
-        streams) and ``cut`` (streams cut off)."""
+        streams) and ``cut`` (streams cut off). ``batch`` is the same (without streams)
+        for the answers of batch entries, billed at batch rates, and counted nowhere else."""
         with self._lock:
-            by_model = {m: dict(c) for m, c in self._billed.items()}
-        total: Counter[str] = Counter()
-        for counts in by_model.values():
-            total.update(counts)
+            standard = {m: dict(c) for m, c in self._billed.items()}
+            batch = {m: dict(c) for m, c in self._batch_billed.items()}
         keys = ("responses",) + USAGE_FIELDS + (DETAIL_FIELDS if detail else ())
-        return {**{k: total.get(k, 0) for k in keys},
-                "by_model": {m: {k: c.get(k, 0) for k in keys} for m, c in by_model.items()}}
+        batch_keys = ("responses",) + USAGE_FIELDS + (TTL_FIELDS if detail else ())
+        return {**_sums(standard, keys), "batch": _sums(batch, batch_keys)}
 
     def received(self) -> list[Request]:
         """The parsed bodies of the requests to /v1/messages (the last ``keep_requests``)."""
@@ -947,7 +983,10 @@ class FakeAPI:
 
     async def _respond(self, method: str, target: str, headers: dict[str, str],
                        body: bytes) -> _Response:
-        if method != "POST" or target.split("?", 1)[0] != "/v1/messages":
+        path, _, query = target.partition("?")
+        if path == BATCHES_PREFIX or path.startswith(BATCHES_PREFIX + "/"):
+            return await self._batch_endpoint(method, path, query, headers, body)
+        if method != "POST" or path != "/v1/messages":
             return self._error(error_reply(404, message=f"{method} {target}: not found"))
         try:
             req = json.loads(body)
@@ -975,6 +1014,9 @@ class FakeAPI:
         if self.faults is not None and (status := self.faults.pick()) is not None:
             return error_reply(status, message=f"injected {status}",
                                retry_after=self.retry_after)
+        return await self._scripted(req)
+
+    async def _scripted(self, req: Request) -> Reply:
         try:
             reply = self.script(req)
             if inspect.isawaitable(reply):
@@ -983,6 +1025,47 @@ class FakeAPI:
             traceback.print_exc()
             return error_reply(500, message="the fake API's script raised")
         return reply if reply is not None else default_script(req)
+
+    # --- batches -----------------------------------------------------------------------
+
+    async def _batch_endpoint(self, method: str, path: str, query: str,
+                              headers: dict[str, str], body: bytes) -> _Response:
+        if self.api_key is not None and self.api_key not in _keys_sent(headers):
+            return self._error(error_reply(401, message="invalid x-api-key"))
+        try:
+            parsed = json.loads(body) if body.strip() else None
+        except ValueError:
+            return self._error(error_reply(400, message="body is not valid JSON"))
+        try:
+            answer, jsonl = await self.batches.handle(method, path, dict(parse_qsl(query)),
+                                                      parsed)
+        except BatchError as exc:
+            return self._error(error_reply(exc.status, message=exc.message))
+        if isinstance(answer, bytes):
+            return _Response(200, {**self._headers(), "content-type": "application/x-jsonl"},
+                             answer)
+        return _Response(200, self._headers(), json.dumps(answer).encode())
+
+    async def _batch_result(self, params: Request) -> dict[str, Any]:
+        """One batch entry's result (succeeded, errored or expired), billed at batch
+        rates, its cache reads and writes made now."""
+        problem = check_request(params)
+        if problem is None and params.get("stream"):
+            problem = "stream: streaming is not supported in a batch"
+        reply = error_reply(400, message=problem) if problem else await self._scripted(params)
+        if reply.error_type == BATCH_EXPIRED:
+            return {"type": "expired"}
+        if reply.is_error:
+            return {"type": "errored", "error": self._error_body(reply, self._request_id())}
+        layout = request_layout(params)
+        side = self._input_side(reply, layout)
+        diagnostics = (self._diagnostics(params, layout)
+                       if isinstance(params.get("diagnostics"), dict) else ...)
+        body = self._message_body(params, reply, layout, side, diagnostics)
+        body["usage"]["service_tier"] = "batch"
+        self._bill(params["model"], body["usage"], batch=True)
+        self._commit(layout.model, side.writes)
+        return {"type": "succeeded", "message": body}
 
     def _delay(self, reply: Reply) -> float:
         jitter = self._rng.uniform(0, self.jitter) if self.jitter > 0 else 0.0
@@ -993,24 +1076,9 @@ class FakeAPI:
 
     def _message(self, req: Request, reply: Reply, layout: Layout, side: _InputSide,
                  diagnostics: Any) -> _Response:
-        usage = side.usage()
-        usage["output_tokens"] = _or(reply.output_tokens, count_output_tokens(reply.content))
-        message_id = _new_id("msg_")
-        body: dict[str, Any] = {
-            "id": message_id, "type": "message", "role": "assistant", "model": req["model"],
-            "content": reply.content, "stop_reason": reply.stop_reason,
-            "stop_sequence": reply.stop_sequence, "stop_details": reply.stop_details,
-            "usage": usage}
-        if diagnostics is not ...:
-            body["diagnostics"] = diagnostics
+        body = self._message_body(req, reply, layout, side, diagnostics)
         streamed = bool(req.get("stream"))
-        with self._lock:
-            counts = self._billed.setdefault(req["model"], Counter())
-            counts["responses"] += 1
-            counts.update({k: usage[k] for k in USAGE_FIELDS})
-            counts.update(usage["cache_creation"])
-            counts["streamed"] += streamed
-        self._remember(message_id, layout)
+        self._bill(req["model"], body["usage"], streamed=streamed)
 
         def sent(cut: bool) -> None:
             self._commit(layout.model, side.writes)
@@ -1023,12 +1091,40 @@ class FakeAPI:
         return _Response(200, self._headers(), events=stream_events(body), sent=sent,
                          cut_after=reply.cut_after, interval=reply.stream_interval)
 
-    def _error(self, reply: Reply) -> _Response:
+    def _bill(self, model: str, usage: dict[str, Any], *, batch: bool = False,
+              streamed: bool = False) -> None:
+        with self._lock:
+            counts = (self._batch_billed if batch else self._billed).setdefault(
+                model, Counter())
+            counts["responses"] += 1
+            counts.update({k: usage[k] for k in USAGE_FIELDS})
+            counts.update(usage["cache_creation"])
+            counts["streamed"] += streamed
+
+    def _message_body(self, req: Request, reply: Reply, layout: Layout, side: _InputSide,
+                      diagnostics: Any) -> dict[str, Any]:
+        usage = side.usage()
+        usage["output_tokens"] = _or(reply.output_tokens, count_output_tokens(reply.content))
+        message_id = _new_id("msg_")
+        body: dict[str, Any] = {
+            "id": message_id, "type": "message", "role": "assistant", "model": req["model"],
+            "content": reply.content, "stop_reason": reply.stop_reason,
+            "stop_sequence": reply.stop_sequence, "stop_details": reply.stop_details,
+            "usage": usage}
+        if diagnostics is not ...:
+            body["diagnostics"] = diagnostics
+        self._remember(message_id, layout)
+        return body
+
+    def _error_body(self, reply: Reply, request_id: str) -> dict[str, Any]:
         error: dict[str, Any] = {"type": reply.error_type or ERROR_TYPES.get(reply.status,
                                                                             "api_error"),
                                  "message": reply.message}
         if reply.error_code:
             error["details"] = {"error_code": reply.error_code}
+        return {"type": "error", "error": error, "request_id": request_id}
+
+    def _error(self, reply: Reply) -> _Response:
         headers = self._headers()
         retry_after = reply.retry_after
         if retry_after is None and reply.status in (429, 529):
@@ -1040,7 +1136,7 @@ class FakeAPI:
             headers["x-should-retry"] = "true" if reply.should_retry else "false"
         with self._lock:
             self._errors[reply.status] += 1
-        body = {"type": "error", "error": error, "request_id": headers["request-id"]}
+        body = self._error_body(reply, headers["request-id"])
         return _Response(reply.status, headers, json.dumps(body).encode())
 
     def _headers(self) -> dict[str, str]:
@@ -1051,6 +1147,14 @@ def _keys_sent(headers: dict[str, str]) -> set[str]:
     """The SDK sends ``Authorization: Bearer KEY``; curl users send ``x-api-key``."""
     auth = headers.get("authorization", "")
     return {headers.get("x-api-key", ""), auth.removeprefix("Bearer ").strip()} - {""}
+
+
+def _sums(by_model: dict[str, dict[str, int]], keys: tuple[str, ...]) -> dict[str, Any]:
+    total: Counter[str] = Counter()
+    for counts in by_model.values():
+        total.update(counts)
+    return {**{k: total.get(k, 0) for k in keys},
+            "by_model": {m: {k: c.get(k, 0) for k in keys} for m, c in by_model.items()}}
 
 
 def _or(value: int | None, default: int) -> int:
@@ -1124,6 +1228,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retry-after", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cache", action="store_true", help="no prompt caching")
+    parser.add_argument("--batch-delay", type=float, default=1.0,
+                        help="seconds from a batch's creation to its end")
     parser.add_argument("--cache-min", type=int, default=DEFAULT_CACHE_MIN,
                         help="minimum cacheable tokens of models not in CACHE_MIN_TOKENS")
     return parser.parse_args(argv)
@@ -1136,7 +1242,8 @@ async def _main(args: argparse.Namespace) -> FakeAPI:
         faults = Faults(args.fault_rate, statuses, args.seed)
     api = FakeAPI(args.latency, jitter=args.jitter, faults=faults,
                   retry_after=args.retry_after, keep_requests=1000, seed=args.seed,
-                  cache=not args.no_cache, default_cache_min=args.cache_min)
+                  cache=not args.no_cache, default_cache_min=args.cache_min,
+                  batch_delay=args.batch_delay)
     await serve_until_stopped(api, args.port)
     return api
 
