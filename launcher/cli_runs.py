@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from launcher.cli_common import SwarmOption, api_for, app, fail, out, print_json, reader_for
+from workers.tool_base import one_line
 
 
 @app.command()
@@ -80,7 +81,7 @@ def runs(
               str(r["in_flight"]), f"${r['spent_usd']:.6f}",
               f"${r['budget_usd']:.2f}" if r["budget_usd"] else "-",
               time.strftime("%m-%d %H:%M:%S", time.localtime(float(r.get("created") or 0))),
-              _flat(r.get("goal", ""), 60)] for r in rows]
+              one_line(r.get("goal", ""), 60)] for r in rows]
     sizes = columns.widths(headers, cells)
     out.print(columns.line(headers, sizes, {2, 3, 4, 5}), style="bold", highlight=False)
     for cell in cells:
@@ -97,7 +98,7 @@ def show_run(info: dict[str, Any]) -> None:
     root = Tree(f"[bold]{info['id']}[/] {info.get('state', '')} · pool {info.get('pool', '')}"
                 f" · spent ${info['spent_usd']:.6f}{budget} · tasks {info['finished']}/"
                 f"{info['handed']}" + (f" · limit: {info['limit']}" if info.get("limit") else ""))
-    root.add(f"goal: {_flat(info.get('goal', ''), 200)}")
+    root.add(f"goal: {one_line(info.get('goal', ''), 200)}")
     for task in info["tasks"]:
         evidence = ("" if task["tool_calls"] is None else f" · {task['tool_calls']} tool calls"
                     + (f" · changed {', '.join(task['files_changed'])}"
@@ -105,9 +106,9 @@ def show_run(info: dict[str, Any]) -> None:
         node = root.add(f"{task['id']} · {task['pool']} · {task['state']} · attempts "
                         f"{task['attempts']} · ${task['cost_usd']:.6f}{evidence}")
         if task["finding"]:
-            node.add(f"{task['finding']}: {_flat(task['result'], 160)}")
+            node.add(f"{task['finding']}: {one_line(task['result'], 160)}")
         elif task["error"]:
-            node.add(f"error: {_flat(task['error'], 160)}")
+            node.add(f"error: {one_line(task['error'], 160)}")
     out.print(root, highlight=False)
     result = info.get("result")
     if result:
@@ -132,7 +133,3 @@ def _print_result(info: dict[str, Any]) -> None:
               highlight=False, markup=False)
     out.print(str(result.get("result", "")), markup=False, highlight=False)
 
-
-def _flat(text: str, limit: int) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"

@@ -4,6 +4,7 @@ retry, purge (as Celery's revoke and purge, RQ's requeue and empty), restart and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
@@ -17,22 +18,9 @@ def cancel(
     swarm: SwarmOption = None,
 ) -> None:
     """Cancel tasks: a queued one at once, a running one by its worker within a beat."""
-    from launcher.client import SwarmError
-
-    api = api_for(swarm)
-    failed = False
-    for given in task_ids:
-        try:
-            was = api.cancel(given)
-        except SwarmError as exc:
-            out.print(f"{given}: {exc}", markup=False, highlight=False)
-            failed = True
-            continue
-        said = {"queued": "cancelled", "running": "running: its worker stops it"}.get(
-            was, f"not cancelled: it is {was}")
-        out.print(f"{given}: {said}", markup=False, highlight=False)
-    if failed:
-        raise typer.Exit(2)
+    said = {"queued": "cancelled", "running": "running: its worker stops it"}
+    _each(task_ids, api_for(swarm).cancel,
+          lambda was: said.get(was, f"not cancelled: it is {was}"))
 
 
 @app.command()
@@ -41,18 +29,20 @@ def retry(
     swarm: SwarmOption = None,
 ) -> None:
     """Run finished tasks again (failed, dead-lettered, cancelled...), attempts from 0."""
+    _each(task_ids, api_for(swarm).retry, lambda was: f"queued again (was {was})")
+
+
+def _each(task_ids: list[str], act: Callable[[str], str], said: Callable[[str], str]) -> None:
+    """``act`` on each task, a line for each; exit 2 if any could not be done."""
     from launcher.client import SwarmError
 
-    api = api_for(swarm)
     failed = False
     for given in task_ids:
         try:
-            was = api.retry(given)
+            line = said(act(given))
         except SwarmError as exc:
-            out.print(f"{given}: {exc}", markup=False, highlight=False)
-            failed = True
-            continue
-        out.print(f"{given}: queued again (was {was})", markup=False, highlight=False)
+            line, failed = str(exc), True
+        out.print(f"{given}: {line}", markup=False, highlight=False)
     if failed:
         raise typer.Exit(2)
 

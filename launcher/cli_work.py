@@ -11,6 +11,7 @@ import typer
 
 from workers import ledger_format
 from workers.states import TaskState
+from workers.tool_base import one_line
 from launcher.cli_common import (SwarmOption, api_for, app, err, fail, out, print_json,
                                   reader_for)
 
@@ -88,7 +89,7 @@ def tasks(
     headers = ["TASK", "POOL", "STATE", "ATTEMPTS", "SUBMITTED", "DESCRIPTION / ERROR"]
     cells = [[row["id"], row.get("pool", ""), row.get("state", ""), str(row.get("attempts", 0)),
               time.strftime("%m-%d %H:%M:%S", time.localtime(float(row.get("submitted", 0)))),
-              _flat(row.get("error") if row.get("state") in ("failed", "dead") and
+              one_line(row.get("error") if row.get("state") in ("failed", "dead") and
                     row.get("error") else row.get("description", ""), 70)] for row in rows]
     sizes = columns.widths(headers, cells)
     out.print(columns.line(headers, sizes, {3}), style="bold", highlight=False, markup=False)
@@ -97,10 +98,6 @@ def tasks(
     if not rows:
         out.print(f"(no {state + ' ' if state else ''}tasks)", highlight=False, markup=False)
 
-
-def _flat(text: str | None, limit: int) -> str:
-    flat = " ".join(str(text or "").split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
 @app.command()

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from workers import keys
+from workers.tool_base import one_line
 
 DOC_TASK_CHARS = 300  # of a finding's task in its search document
 DOC_RESULT_CHARS = 1200  # of its result
@@ -194,7 +195,7 @@ def hits(found: list[str], raws: list[Any], words: list[str]) -> list[dict[str, 
         at = max(0, text.lower().find(words[0]) - 80)
         out.append({"finding_id": fid, "task_id": finding.get("task_id"),
                     "status": finding.get("status"), "pool": finding.get("pool"),
-                    "excerpt": _flat(text[at:], 300)})
+                    "excerpt": one_line(text[at:], 300)})
     return out
 
 
@@ -205,7 +206,3 @@ def _load(raw: Any) -> dict[str, Any] | None:
         return None
     return value if isinstance(value, dict) else None
 
-
-def _flat(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"

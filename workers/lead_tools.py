@@ -20,7 +20,7 @@ from workers import keys
 from workers.config import WorkerConfig
 from workers.findings_index import Lookup
 from workers.run_book import RunBook
-from workers.tool_base import ToolError, arg, positive, seconds
+from workers.tool_base import ToolError, arg, one_line, positive, seconds
 
 SUMMARY_CHARS = 1500  # of a finding's result, as it arrives
 MAX_PER_WAIT = 10  # findings per wait_for_findings
@@ -206,7 +206,7 @@ class RunTools:
                            entry.get("status", ""))
             body = _body(finding, SUMMARY_CHARS)
             texts.append(f"{head}\n{body}")
-            digests.append(f"{head}: {_one_line(body, 160)}")
+            digests.append(f"{head}: {one_line(body, 160)}")
         return "\n\n".join(texts), "\n".join(digests)
 
     async def _read(self, args: dict[str, Any]) -> str:
@@ -303,7 +303,3 @@ def _body(finding: dict[str, Any], limit: int) -> str:
                 f"read_finding {finding.get('finding_id', '')}]")
     return text
 
-
-def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"

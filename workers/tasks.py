@@ -30,6 +30,7 @@ from workers.redis_retry import until_redis
 from workers.report import Report
 from workers.states import TaskState
 from workers.tools import Toolbox
+from workers.tool_base import one_line
 
 log = logging.getLogger("swarm.worker")
 
@@ -183,7 +184,7 @@ class TaskRunner:
                 f"reading the context of run {run}")
         self.report.task_started(task_id)
         log.info("task %s: started, attempt %s of %d: %s", task_id, attempt or "?",
-                 self.cfg.max_attempts, _one_line(task.description, 100))
+                 self.cfg.max_attempts, one_line(task.description, 100))
         started = time.monotonic()
         try:
             outcome = await self._execute(task, context, task_id, run_context)
@@ -192,7 +193,7 @@ class TaskRunner:
         log.info("task %s: %s in %.1fs, %d calls, %s%s", task_id, outcome.status,
                  time.monotonic() - started, outcome.calls,
                  "cost unknown" if outcome.nano is None else f"${outcome.nano / 1e9:.6f}",
-                 f": {_one_line(outcome.error, 200)}" if outcome.error else "")
+                 f": {one_line(outcome.error, 200)}" if outcome.error else "")
         if outcome.status == TaskState.HANDED_BACK and not run and \
                 await self._escalated(entry_id, task_id, task, outcome):
             return
@@ -395,10 +396,6 @@ async def ensure_group(redis: Any, stream: str) -> None:
         if "BUSYGROUP" not in str(exc):
             raise
 
-
-def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
 def _failed(reason: str) -> Outcome:

@@ -81,3 +81,7 @@ def clip(text: str, limit: int, what: str = "chars") -> str:
     return text[:cut] + f"\n[... truncated: {len(text) - cut} more {what}]"
 
 
+def one_line(text: str | None, limit: int) -> str:
+    """``text`` on one line (whitespace runs folded), cut at ``limit`` with an ellipsis."""
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
