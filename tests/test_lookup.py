@@ -115,8 +115,9 @@ def test_fifty_workers_asking_the_same_question_cost_one_answer(
     wait_for(lambda: questions() >= 50, 60, "fifty questions written")
     asked.set()
     findings = [client.wait(i, timeout=60) for i in ids]
-    assert all(f["result"] == "librarian said: Integer nano-dollars (decision 0007)."
-               for f in findings), findings[0]
+    odd = [f["result"] for f in findings
+           if f["result"] != "librarian said: Integer nano-dollars (decision 0007)."]
+    assert not odd, odd[:3]
     librarian_calls = [r for r in fake_api.received() if is_librarian(r)]
     assert len(librarian_calls) == 1
     # later, different questions: the archive was written to the cache once, then read

@@ -89,8 +89,11 @@ class Worker:
         self.cfg = cfg
         # every task in flight may want a connection at once (redis-py 8's pools stop
         # at 100 and then raise): room for all of them, the heartbeat and the tools
+        # (a librarian's questions are not bounded by its concurrency: each one waiting
+        # for an identical one's answer polls too)
+        room = 1024 if cfg.role == "librarian" else 2 * cfg.concurrency + 32
         self.redis = cfg.redis.aio(socket_timeout=max(1.0, cfg.heartbeat_interval),
-                                   max_connections=2 * cfg.concurrency + 32)
+                                   max_connections=room)
         self.report = Report(cfg, self.redis)
         self.runner: TaskRunner | None = None
         self.jail: Jail | None = None
