@@ -31,7 +31,8 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         cost, ref = self.get("nano"), self.get("ref_nano")
-        money = ("nano", "ref_nano", "nocache_nano", "lost_bound_nano")
+        money = ("nano", "ref_nano", "nocache_nano", "lost_bound_nano", "batch_nano",
+                 "batch_std_nano")
         return {
             "kind": self.kind, "key": self.key,
             **{m: self.get(m) for m in METRICS if m not in money},
@@ -43,6 +44,11 @@ class Row:
                              for name, n in sorted(self.values.items())
                              if name.startswith(ledger_format.MISS)},
             "lost_bound_usd": self.get("lost_bound_nano") / 1e9,
+            "batch_usd": self.get("batch_nano") / 1e9,
+            "standard_usd": (cost - self.get("batch_nano")) / 1e9,
+            "standard_calls": self.get("calls") - self.get("batch_calls"),
+            "batch_saved_usd": self.batch_saved() / 1e9,
+            "batch_saved_pct": self.batch_saved_pct(),
         }
 
     def savings_pct(self) -> float | None:
@@ -63,6 +69,17 @@ class Row:
         """Nano-dollars caching saved: the same tokens uncached, minus what was paid
         (negative when writes cost more than reads gave back)."""
         return self.get("nocache_nano") - self.get("nano") if self.get("nocache_nano") else 0
+
+    def batch_saved(self) -> int:
+        """Nano-dollars the Message Batches API saved: its calls' tokens at standard
+        prices, minus what they cost."""
+        return self.get("batch_std_nano") - self.get("batch_nano")
+
+    def batch_saved_pct(self) -> float | None:
+        """The batch saving in % of the standard price (rounded to 1 place); None when no
+        batch call was priced."""
+        std = self.get("batch_std_nano")
+        return round(self.batch_saved() / std * 100, 1) if std else None
 
 
 Counters = dict[str, dict[str, dict[str, int]]]  # dim -> key -> metric -> n
@@ -164,12 +181,30 @@ def render(rows: list[Row], reference: str, source: str, by: str) -> Any:
     for row, cell in zip(rows, cells):
         lines.append(Text(columns.line(cell, sizes, right),
                           style="bold" if row.kind == "total" else ""))
+    total = next((row for row in rows if row.kind == "total"), None)
+    if total is not None and total.get("batch_calls"):
+        lines.append(Text(batch_line(total)))
     notes = [Text(f"prices: {source}; reference model: {reference or 'none'}", style="dim")]
     if any(r.get("unpriced_calls") for r in rows if r.kind == "model"):
         unknown = ", ".join(r.key for r in rows if r.kind == "model" and r.get("unpriced_calls"))
         notes.append(Text(f"* no price known for {unknown}: tokens counted, cost not",
                           style="yellow"))
     return Group(*lines, *notes)
+
+
+def batch_line(row: Row) -> str:
+    """The batch calls' spend beside the standard calls', and what batching saved."""
+    batch, calls = row.get("batch_nano"), row.get("batch_calls")
+    pct = row.batch_saved_pct()
+    saved = ("" if pct is None else
+             f" (saved {usd(row.batch_saved())} against standard prices, {pct:.1f}%)")
+    std_calls = row.get("calls") - calls
+    return (f"batch: {usd(batch)} in {_count(calls, 'call')}{saved}; "
+            f"standard: {usd(row.get('nano') - batch)} in {_count(std_calls, 'call')}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _cost_cells(row: Row, by: str) -> list[str]:

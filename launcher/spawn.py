@@ -49,6 +49,7 @@ def config_for(spec: SwarmSpec, slot: Slot, host: str, redis: RedisTarget, paren
         librarians=tuple(n for n, p in spec.pools.items() if p.role == "librarian"),
         delegates={name: delegate(spec, name) for name in pool.delegates_to},
         run_defaults=run_defaults(pool),
+        batch=pool.batch.model_dump() if pool.batch is not None else None,
     )
 
 

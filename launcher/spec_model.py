@@ -188,6 +188,20 @@ class RunLimits(_Model):
     max_in_flight: Count = Field(10, ge=1, le=100_000, description="tasks running at once")
 
 
+class Batch(_Model):
+    """A pool's requests through the Message Batches API: half price, answers within
+    24 hours (most within one)."""
+
+    window: Duration = Field(2.0, gt=0, description="how long a worker gathers its tasks' "
+                             "requests into one batch")
+    max_requests: Count = Field(10_000, ge=1, le=100_000, description="requests per batch")
+    poll: Duration = Field(10.0, gt=0, description="the first wait before asking whether a "
+                           "batch ended; then a tenth of its age, up to poll_max")
+    poll_max: Duration = Field(300.0, gt=0)
+    retries: Count = Field(2, ge=0, le=20, description="sends again of a request that came "
+                           "back errored, expired or canceled")
+
+
 class Pool(_Model):
     model: str = Field(min_length=1, description="the Claude model id")
     role: Literal["worker", "lead", "librarian"] = Field(
@@ -226,6 +240,23 @@ class Pool(_Model):
     tools: Tools = Field(default_factory=Tools)
     budget_usd: float | None = Field(None, gt=0, description="no new task once this pool spent it")
     max_cost_usd: float | None = Field(None, gt=0, description="a task spending this fails")
+    batch: Batch | None = Field(None, description="true (or settings): each turn's request "
+                                "goes through the Message Batches API at half price; "
+                                "task_timeout then defaults to 24h, concurrency to 1000")
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch_switch(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value
+
+    @model_validator(mode="after")
+    def _batch_defaults(self) -> Pool:
+        if self.batch is not None:
+            if "task_timeout" not in self.model_fields_set:
+                self.task_timeout = 86_400.0
+            if "concurrency" not in self.model_fields_set:
+                self.concurrency = 1000
+        return self
 
     @field_validator("max_tokens")
     @classmethod

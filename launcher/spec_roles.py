@@ -16,6 +16,9 @@ def role_problems(spec: SwarmSpec) -> Iterator[tuple[tuple[str, ...], str]]:
     pools = spec.pools
     for name, pool in pools.items():
         at = ("pools", name)
+        if pool.batch is not None and pool.role != "worker":
+            yield at + ("batch",), ("is for worker pools: a lead or librarian answers while "
+                                    "someone waits")
         if pool.role == "lead":
             if not pool.delegates_to:
                 yield at + ("delegates_to",), "a lead needs the worker pools it hands tasks to"

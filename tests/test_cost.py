@@ -302,3 +302,85 @@ def test_every_request_carries_a_cache_breakpoint_on_the_shared_prefix(make_swar
     system = fake_api.received()[0]["system"]
     assert system[-1]["cache_control"] == {"type": "ephemeral"}
     assert "the shared context" in system[-1]["text"]
+
+
+@pytest.fixture
+def ledger_redis(tmp_path) -> Any:
+    """A real embedded Redis with nothing in it, for ledgers written by hand."""
+    from launcher.redis_server import EmbeddedRedis
+    from launcher.state import StateDir
+
+    server = EmbeddedRedis(StateDir(tmp_path / "state"), tmp_path / "redis.log")
+    client = server.start().sync()
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+
+
+def record(redis: Any, swarm: str, pool_name: str, counts: dict[str, int]) -> None:
+    """Add one pool's calls to every cut of the ledger, as the RECORD script does."""
+    from workers import ledger_format
+
+    cuts = (("total", "*"), ("worker", f"{swarm}/h1/{pool_name}-1"), ("host", "h1"),
+            ("pool", pool_name), ("model", HAIKU))
+    for dim, key in cuts:
+        for metric, n in counts.items():
+            redis.hincrby(keys.ledger(swarm), ledger_format.field(dim, key, metric), n)
+
+
+def rendered(rows: list[costs.Row], by: str) -> str:
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    Console(file=buffer, soft_wrap=True, highlight=False, emoji=False).print(
+        costs.render(rows, "claude-sonnet-4-5", "genai-prices", by))
+    return buffer.getvalue()
+
+
+def test_swarm_cost_shows_batch_spend_apart_and_what_it_saved(ledger_redis):
+    # haiku per call, 1000 in + 200 out: standard $1 + $5 per million = $0.002000;
+    # batch half of that = $0.001000
+    book = PriceBook()
+    standard = book.nano(HAIKU, Usage(1000, 200))
+    batch = book.nano(HAIKU, Usage(1000, 200), batch=True)
+    assert (standard, batch) == (2_000_000, 1_000_000)
+    record(ledger_redis, "bt", "bulk", {"calls": 3, "input": 3000, "output": 600,
+                                        "nano": 3 * batch, "batch_calls": 3,
+                                        "batch_nano": 3 * batch, "batch_std_nano": 3 * standard})
+    record(ledger_redis, "bt", "live", {"calls": 2, "input": 2000, "output": 400,
+                                        "nano": 2 * standard})
+    rows = costs.rows_by(costs.read_counters(ledger_redis, "bt"), "pool")
+    got = {(r.kind, r.key): r.as_dict() for r in rows}
+    total = got[("total", "total")]
+    assert total["cost_usd"] == 0.007 and total["calls"] == 5
+    assert (total["batch_usd"], total["batch_calls"], total["batch_saved_usd"],
+            total["batch_saved_pct"], total["standard_usd"], total["standard_calls"]) == \
+        (0.003, 3, 0.003, 50.0, 0.004, 2)
+    assert (got[("pool", "bulk")]["batch_usd"], got[("pool", "bulk")]["standard_usd"]) == (0.003, 0)
+    live = got[("pool", "live")]
+    assert (live["batch_calls"], live["batch_usd"], live["batch_saved_usd"],
+            live["batch_saved_pct"], live["standard_usd"]) == (0, 0, 0, None, 0.004)
+    assert "batch_nano" not in total and "batch_std_nano" not in total  # money is in USD
+    for by in ("pool", "worker"):
+        text = rendered(costs.rows_by(costs.read_counters(ledger_redis, "bt"), by), by)
+        lines = text.splitlines()
+        under_total = lines[next(i for i, line in enumerate(lines)
+                                 if line.startswith("total")) + 1]
+        assert under_total == ("batch: $0.003000 in 3 calls (saved $0.003000 against standard "
+                               "prices, 50.0%); standard: $0.004000 in 2 calls"), text
+    header = costs.to_csv(rows).splitlines()[0]
+    assert "batch_calls" in header and "batch_saved_usd" in header
+
+
+def test_swarm_cost_without_batch_calls_prints_nothing_new(ledger_redis):
+    record(ledger_redis, "st", "live", {"calls": 1, "input": 1000, "output": 200,
+                                        "nano": 2_000_000})
+    rows = costs.rows_by(costs.read_counters(ledger_redis, "st"), "pool")
+    assert "batch" not in rendered(rows, "pool")
+    total = rows[-1].as_dict()
+    assert (total["batch_calls"], total["batch_usd"], total["batch_saved_pct"],
+            total["standard_usd"], total["standard_calls"]) == (0, 0, None, 0.002, 1)

@@ -117,7 +117,7 @@ PLACEHOLDERS = {"swarm": "{name}", "task_id": "{id}", "finding_id": "{id}",
                 "family": "{family}", "host_name": "{host}", "consumer_name": "{consumer}",
                 "worker_id": "{worker_id}", "pool": "{pool}", "minute": "{minute}",
                 "model": "{model}", "prefix": "{prefix}", "run_id": "{id}",
-                "query_id": "{uuid}", "question": "{hash}"}
+                "query_id": "{uuid}", "question": "{hash}", "batch_id": "{batch}"}
 NOT_KEYS = {"slot_name", "worker_id", "split_worker", "consumer"}  # names, not keys
 
 

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import anthropic
 
-from workers.api_call import Caller, CutOff
+from workers.api_call import Caller, CallFailed
 from workers.ledger import Ledger
 from workers.payload import Task
 from workers.prefix_gate import PrefixGate
@@ -77,7 +77,7 @@ class Agent:
     def __init__(self, client: anthropic.AsyncAnthropic | None, model: str, max_turns: int,
                  max_tokens: int, missing_key: str | None = None, ledger: Ledger | None = None,
                  max_cost_nano: int | None = None, cache_ttl: str = "5m",
-                 gate: PrefixGate | None = None) -> None:
+                 gate: PrefixGate | None = None, caller: Any = None) -> None:
         self.client = client
         self.model = model
         self.max_turns = max_turns
@@ -85,7 +85,8 @@ class Agent:
         self.missing_key = missing_key
         self.max_cost_nano = max_cost_nano
         self.cache_ttl = cache_ttl
-        self.caller = Caller(client, ledger, max_tokens, gate) if client else None
+        # the batch pool's caller (workers/batch_caller.py), or the ordinary one
+        self.caller = caller or (Caller(client, ledger, max_tokens, gate) if client else None)
 
     async def run(self, task: Task, toolbox: Toolbox, context: str | None,
                   task_id: str = "", run_context: str | None = None) -> Outcome:
@@ -110,12 +111,21 @@ class Agent:
         cap, cap_name = _cap(self.max_cost_nano, task.extra.get("max_cost_nano"))
         previous: str | None = None  # the last message's id
         pieces: list[str] = []  # an answer cut off at max_tokens, being continued
-        continued = 0
-        for turn in range(1, self.max_turns + 1):
+        continued, start = 0, 1
+        saved = await self.caller.resume(task_id) if self.caller.durable else None
+        if saved:  # its worker died or stopped while a request was out: go on from there
+            messages, start = saved["messages"], int(saved["turn"])
+            previous, pieces, continued = saved["previous"], saved["pieces"], saved["continued"]
+            restore(outcome, toolbox, saved)
+        for turn in range(start, self.max_turns + 1):
             request = {**base, "messages": messages}
             if previous is not None:  # the API then says why a cache missed
                 request["diagnostics"] = {"previous_message_id": previous}
-            answer = await self.caller.call(task_id, request, first=turn == 1, run=run)
+            progress = None if not self.caller.durable else {
+                "turn": turn, "previous": previous, "pieces": pieces, "continued": continued,
+                **progress_of(outcome, toolbox)}
+            answer = await self.caller.call(task_id, request, first=turn == 1, run=run,
+                                            progress=progress)
             message, previous = answer.message, answer.message.id
             outcome.usage.add(answer.usage)
             outcome.calls += 1
@@ -196,12 +206,26 @@ class api_errors:
             outcome.error = f"API error {exc.status_code} after retries: {_api_message(exc)}"
         elif isinstance(exc, anthropic.APIConnectionError):
             outcome.error = f"cannot reach the API: {exc}"
-        elif isinstance(exc, CutOff):
+        elif isinstance(exc, CallFailed):
             outcome.error = str(exc)
         else:
             return False
         outcome.status = "failed"
         return True
+
+
+def progress_of(outcome: Outcome, toolbox: Toolbox) -> dict[str, Any]:
+    """What a task has done so far, for a successor to go on from (batch pools)."""
+    return {"usage": vars(outcome.usage), "calls": outcome.calls, "nano": outcome.nano,
+            "tool_calls": outcome.tool_calls, "files": sorted(toolbox.files_changed)}
+
+
+def restore(outcome: Outcome, toolbox: Toolbox, saved: dict[str, Any]) -> None:
+    outcome.usage = Usage(**saved["usage"])
+    outcome.calls, outcome.nano = int(saved["calls"]), saved["nano"]
+    outcome.tool_calls = int(saved["tool_calls"])
+    outcome.turns = int(saved["turn"]) - 1
+    toolbox.files_changed.update(saved["files"])
 
 
 def over_budget(outcome: Outcome, cap: int | None, name: str) -> str | None:

@@ -24,7 +24,11 @@ from workers.pricing import Usage
 STREAMING_REQUIRED = "Streaming is required"  # the SDK's words when it refuses
 
 
-class CutOff(Exception):
+class CallFailed(Exception):
+    """A call that failed in a way the task reports as its error."""
+
+
+class CutOff(CallFailed):
     """A streamed answer broke off mid-way (its call is counted lost)."""
 
 
@@ -46,8 +50,13 @@ class Caller:
         self.gate = gate
         self.streaming = False  # set for good once the SDK asks for it
 
+    durable = False  # a batch pool's caller keeps each task's progress (batch_caller)
+
+    async def resume(self, task_id: str) -> dict[str, Any] | None:
+        return None
+
     async def call(self, task_id: str, request: dict[str, Any], first: bool,
-                   run: str = "") -> Answer:
+                   run: str = "", progress: dict[str, Any] | None = None) -> Answer:
         """Send ``request``. The first call of a task over a shared prefix that may be
         cold goes through the prefix gate (one writes, the others then read)."""
         ticket = await self.gate.enter(request) if first and self.gate else None

@@ -47,8 +47,15 @@ def make_agent(cfg: WorkerConfig, redis: Any) -> Agent | Lead:
                       CACHE_TTL_S[cfg.cache_ttl])
     if cfg.role == "lead":
         return Lead(client, cfg, redis, Caller(client, ledger, cfg.max_tokens, gate), prices)
+    caller = None
+    if cfg.batch is not None:
+        from workers.batch_caller import BatchCaller
+        from workers.batch_desk import Desk
+
+        caller = BatchCaller(Desk(client, redis, cfg, ledger, prices), ledger, cfg.max_tokens,
+                             int(cfg.batch.get("retries", 2)))
     return Agent(client, cfg.model, cfg.max_turns, cfg.max_tokens, ledger=ledger,
-                 max_cost_nano=limit, cache_ttl=cfg.cache_ttl, gate=gate)
+                 max_cost_nano=limit, cache_ttl=cfg.cache_ttl, gate=gate, caller=caller)
 
 
 def price_book(cfg: WorkerConfig) -> PriceBook:

@@ -60,6 +60,8 @@ class WorkerConfig:
     # a lead's: the pools it may hand tasks to, and their worst case per task
     delegates: dict[str, Delegate] = field(default_factory=dict)
     run_defaults: dict[str, int] = field(default_factory=dict)  # budget_nano, max_tasks...
+    # a batch pool's: window, max_requests, poll, poll_max, retries (None: not batched)
+    batch: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

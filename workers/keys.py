@@ -215,7 +215,8 @@ def ledger(swarm: str) -> str:
     dim total (key ``*``), worker, host, pool, model or run (the calls of a run's lead
     and tasks), and metric calls, input, output, cache_write, cache_read, nano (cost,
     1e-9 USD), ref_nano (the same tokens on the reference model), unpriced_calls,
-    lost_calls, lost_bound_nano."""
+    lost_calls, lost_bound_nano; batch_calls, batch_nano and batch_std_nano for calls
+    through the Message Batches API."""
     return f"{_ns(swarm)}:ledger"
 
 
@@ -231,8 +232,39 @@ def task_costs(swarm: str) -> str:
 
 def inflight(swarm: str) -> str:
     """Hash: API calls sent and not yet settled: ``{consumer}|{call}`` -> JSON with the
-    task, model and an upper bound on the call's cost."""
+    task, model and an upper bound on the call's cost; a request in a Message Batch
+    is ``batch|{custom_id}`` once its batch exists (a dead worker's are collected by
+    its successor, not lost)."""
     return f"{_ns(swarm)}:inflight"
+
+
+def task_turn(swarm: str, task_id: str) -> str:
+    """Hash, expiring a week after its last write: a batch pool task's agent loop as of
+    its last request (workers/batch_caller.py): ``turn``, ``cid`` (the request's
+    custom_id), ``status`` (gathering, sent, answered, failed, unsent), ``request`` and
+    ``progress`` (JSON: what a successor needs to go on), ``batch``, and once read
+    ``answer``, ``answer_usage``, ``answer_nano``, or ``failure``. Deleted when the
+    task is recorded."""
+    return f"{_ns(swarm)}:task:{task_id}:turn"
+
+
+def batches(swarm: str, pool: str) -> str:
+    """Sorted set: the Message Batches of ``pool`` not yet collected, by creation time."""
+    return f"{_ns(swarm)}:batches:{pool}"
+
+
+def batch(swarm: str, batch_id: str) -> str:
+    """Hash: one batch not yet collected: ``pool``, ``owner`` (the consumer that polls
+    it; any worker of the pool adopts it once the owner's lease is gone), ``created``,
+    ``requests``."""
+    return f"{_ns(swarm)}:batch:{batch_id}"
+
+
+def reserved(swarm: str) -> str:
+    """Hash: the worst case of the batch requests sent and not yet settled, nano-USD:
+    ``total`` and ``pool|{pool}``; a batch is sent only if it fits the budgets with
+    what is spent and what is reserved."""
+    return f"{_ns(swarm)}:reserved"
 
 
 def warm_prefix(swarm: str, prefix: str) -> str:

@@ -54,12 +54,13 @@ class Ledger:
         self._seed_cost = keys.seed_cost(family(model))
 
     async def begin(self, task_id: str, request_chars: int, max_tokens: int,
-                    run: str = "") -> Call:
+                    run: str = "", field: str = "", batch: bool = False) -> Call:
         """Wait until the swarm-wide limits admit the call, and register it in flight
         (one script, one round trip). The input can be no more tokens than it has
-        characters, so the bound holds whatever the tokenizer does."""
-        field = f"{self.consumer}|{uuid.uuid4().hex[:12]}"
-        bound = self.prices.bound_nano(self.model, request_chars, max_tokens)
+        characters, so the bound holds whatever the tokenizer does. A batch request's
+        bound is at batch prices."""
+        field = field or f"{self.consumer}|{uuid.uuid4().hex[:12]}"
+        bound = self.prices.bound_nano(self.model, request_chars, max_tokens, batch=batch)
         tokens: float = request_chars // 4 + max_tokens  # charged now, corrected on settle
         if self.tpm:  # ACQUIRE charges at most the bucket's size (a minute's worth / 60)
             tokens = min(tokens, max(1, self.tpm / 60))
@@ -93,7 +94,8 @@ class Ledger:
                        usage.input, usage.output, usage.cache_creation, usage.cache_read,
                        -1 if nano is None else nano, -1 if ref is None else ref, self.host,
                        keys.LEDGER_MINUTE_TTL, usage.cache_creation_1h,
-                       -1 if nocache is None else nocache, _safe(miss_reason), call.run]
+                       -1 if nocache is None else nocache, _safe(miss_reason), call.run,
+                       "", "", -1]
         await until_redis(lambda: self._record_once(call, record_keys, record_args, nano,
                                                     call.tokens - usage.total),
                           f"recording a call of task {call.task_id}")

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 DIMS = ("total", "worker", "host", "pool", "model", "run")  # total's one key is '*'
 METRICS = ("calls", "input", "output", "cache_write", "cache_write_1h", "cache_read", "nano",
-           "ref_nano", "nocache_nano", "unpriced_calls", "lost_calls", "lost_bound_nano")
+           "ref_nano", "nocache_nano", "unpriced_calls", "lost_calls", "lost_bound_nano",
+           # calls sent through the Message Batches API: their count, their cost (part of
+           # nano) and what the same tokens would have cost at standard prices
+           "batch_calls", "batch_nano", "batch_std_nano")
 MISS = "miss_"  # then the API's cache_miss_reason type: calls whose cache missed, and why
 
 

@@ -19,9 +19,12 @@ from workers import keys
 #       cache_read, nano (-1: unknown model), ref_nano (-1: unknown), host, bucket ttl,
 #       cache_write_1h (part of cache_write), nocache_nano (the same tokens with no cache
 #       read or written; -1: unknown), cache miss reason ('' if none was said), run ('' if
-#       the task is in none)
+#       the task is in none), guard ('1': record nothing, return 0, if the field was no
+#       longer in flight: a batch result another collector recorded), batch ('1': a
+#       Message Batches call, priced at batch rates), std_nano (a batch call's tokens at
+#       standard prices, -1: unknown)
 RECORD = """
-redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 and ARGV[18] == '1' then return 0 end
 local dims = {'total|*', 'worker|' .. ARGV[2], 'pool|' .. ARGV[3], 'model|' .. ARGV[4],
               'host|' .. ARGV[12]}
 if ARGV[17] ~= '' then dims[#dims + 1] = 'run|' .. ARGV[17] end
@@ -40,6 +43,13 @@ for _, hash in ipairs({KEYS[2], KEYS[3]}) do
     if ref >= 0 then redis.call('HINCRBY', hash, d .. '|ref_nano', ref) end
     if nocache >= 0 then redis.call('HINCRBY', hash, d .. '|nocache_nano', nocache) end
     if ARGV[16] ~= '' then redis.call('HINCRBY', hash, d .. '|miss_' .. ARGV[16], 1) end
+    if ARGV[19] == '1' then
+      redis.call('HINCRBY', hash, d .. '|batch_calls', 1)
+      if nano >= 0 then redis.call('HINCRBY', hash, d .. '|batch_nano', nano) end
+      if tonumber(ARGV[20]) >= 0 then
+        redis.call('HINCRBY', hash, d .. '|batch_std_nano', ARGV[20])
+      end
+    end
   end
 end
 redis.call('EXPIRE', KEYS[3], ARGV[13])
@@ -61,7 +71,7 @@ return 1
 
 # The calls a dead consumer had in flight: counted as lost (how many, and an upper bound
 # on what they cost), never dropped.
-# KEYS: inflight, ledger, minute bucket
+# KEYS: inflight, ledger, minute bucket, reserved
 # ARGV: pattern of the fields ('{consumer}|*', or one call's field), bucket ttl
 # Returns {calls, bound}.
 LOSE = """
@@ -81,6 +91,10 @@ repeat
         redis.call('HINCRBY', hash, d .. '|lost_bound_nano', call.bound)
       end
     end
+    if call.reserved then  -- a batch request's worst case, reserved against budgets
+      redis.call('HINCRBY', KEYS[4], 'total', -tonumber(call.reserved))
+      redis.call('HINCRBY', KEYS[4], 'pool|' .. call.pool, -tonumber(call.reserved))
+    end
     redis.call('HDEL', KEYS[1], items[i])
     calls = calls + 1
     bound = bound + call.bound
@@ -92,7 +106,8 @@ return {calls, bound}
 
 
 def lose_args(swarm: str, pattern: str, now: float) -> tuple[list[str], list[str]]:
-    return ([keys.inflight(swarm), keys.ledger(swarm), keys.ledger_minute(swarm, int(now // 60))],
+    return ([keys.inflight(swarm), keys.ledger(swarm), keys.ledger_minute(swarm, int(now // 60)),
+             keys.reserved(swarm)],
             [pattern, str(keys.LEDGER_MINUTE_TTL)])
 
 

@@ -1,11 +1,13 @@
 """What an API call cost, from genai-prices' bundled data (offline: its network updater is
 never started), with per-model overrides from the spec. Money is integer nano-dollars
 (1e-9 USD), so per-call costs are exact and every total adds up to the last digit.
+A call sent through the Message Batches API is priced at the batch rates (``batch=True``).
 """
 
 from __future__ import annotations
 
 import re
+from copy import copy
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -72,6 +74,11 @@ class Rates:
                + u.cache_creation_1h * self.cache_write_1h + u.cache_read * self.cache_read)
         return int((usd / _MTOK * NANO).to_integral_value())
 
+    def halved(self) -> Rates:
+        """The batch rates of a spec override: half of each (see ``batch_prices``)."""
+        return Rates(self.input / 2, self.output / 2, self.cache_write / 2,
+                     self.cache_read / 2, self.cache_write_1h / 2)
+
 
 def source() -> str:
     """Which price data is used, for reports."""
@@ -86,36 +93,38 @@ class PriceBook:
     def __init__(self, overrides: dict[str, Rates] | None = None) -> None:
         self.overrides = dict(overrides or {})
 
-    def nano(self, model: str, usage: Usage) -> int | None:
-        """Nano-dollars for one call, or None for a model no price data knows."""
+    def nano(self, model: str, usage: Usage, batch: bool = False) -> int | None:
+        """Nano-dollars for one call (at batch rates if ``batch``), or None for a model no
+        price data knows."""
         if model in self.overrides:
-            return self.overrides[model].nano(usage)
-        return _genai_nano(model, usage)
+            rates = self.overrides[model]
+            return (rates.halved() if batch else rates).nano(usage)
+        return _genai_nano(model, usage, batch)
 
     def knows(self, model: str) -> bool:
         return self.nano(model, Usage(1, 1)) is not None
 
-    def bound_nano(self, model: str, input_tokens: int, max_tokens: int) -> int:
+    def bound_nano(self, model: str, input_tokens: int, max_tokens: int,
+                   batch: bool = False) -> int:
         """An upper bound on what a call can cost: every input token at the dearest input
         rate (a 1 h cache write) and ``max_tokens`` of output. 0 if the model is unknown."""
         dearest = max(self.nano(model, Usage(cache_creation=input_tokens,
-                                             cache_creation_1h=input_tokens)) or 0,
-                      self.nano(model, Usage(input=input_tokens)) or 0)
-        return dearest + (self.nano(model, Usage(output=max_tokens)) or 0)
+                                             cache_creation_1h=input_tokens), batch) or 0,
+                      self.nano(model, Usage(input=input_tokens), batch) or 0)
+        return dearest + (self.nano(model, Usage(output=max_tokens), batch) or 0)
 
 
-def _genai_nano(model: str, usage: Usage) -> int | None:
+def _genai_nano(model: str, usage: Usage, batch: bool = False) -> int | None:
     if not _genai_knows(model):
         return None
-    base, first_tier = _base_rates(model)
+    base, first_tier = _base_rates(model, batch)
     if base is not None and (first_tier is None or
                              usage.input + usage.cache_creation + usage.cache_read < first_tier):
         return base.nano(usage)  # no tier can apply: the same sum, without the lookup
     from genai_prices import Usage as GUsage
-    from genai_prices import calc_price
 
     five_min = usage.cache_creation - usage.cache_creation_1h
-    price = calc_price(
+    price = _model_price(model, batch).calc_price(
         GUsage(
             # genai-prices counts cache tokens inside input_tokens; the API does not
             input_tokens=usage.input + usage.cache_creation + usage.cache_read,
@@ -125,26 +134,62 @@ def _genai_nano(model: str, usage: Usage) -> int | None:
             cache_write_1h_tokens=usage.cache_creation_1h,
             cache_read_tokens=usage.cache_read,
         ),
-        model_ref=model,
-        provider_id="anthropic",
     )
-    return int((price.total_price * NANO).to_integral_value())
+    return int((price["total_price"] * NANO).to_integral_value())
+
+
+# our Rates field -> genai-prices' price key
+_KEYS = {"input": "input_mtok", "output": "output_mtok", "cache_write": "cache_write_mtok",
+         "cache_read": "cache_read_mtok", "cache_write_1h": "cache_write_1h_mtok"}
 
 
 @lru_cache(maxsize=256)
-def _base_rates(model: str) -> tuple[Rates | None, int | None]:
-    """The model's base rates from genai-prices and the input size where its first
-    long-context tier starts (None: no tiers). (None, None) if anything is unusual."""
+def _model_price(model: str, batch: bool) -> Any:
+    """genai-prices' ModelPrice for ``model`` (a known one) as it stands now, standard or
+    batch, resolved once per process."""
     from genai_prices import Usage as GUsage
     from genai_prices import calc_price
 
-    price = calc_price(GUsage(input_tokens=1, output_tokens=1), model_ref=model,
-                       provider_id="anthropic").model_price
-    names = {"input": "input_mtok", "output": "output_mtok", "cache_write": "cache_write_mtok",
-             "cache_read": "cache_read_mtok", "cache_write_1h": "cache_write_1h_mtok"}
+    one = GUsage(input_tokens=1, output_tokens=1)
+    standard = calc_price(one, model_ref=model, provider_id="anthropic").model_price
+    if not batch:
+        return standard
+    return batch_prices(standard, calc_price(one, model_ref=model, provider_id="anthropic",
+                                             price_context={"processing": "batch"}).model_price)
+
+
+def batch_prices(standard: Any, variant: Any) -> Any:
+    """The batch ModelPrice: ``variant`` (genai-prices' prices for the batch context), with
+    each token rate it leaves at the standard rate halved. genai-prices answers a model
+    with no batch variant (older models, or a date before the variant starts) with the
+    standard prices, silently; Anthropic's rule is that Message Batches usage is charged
+    at 50% of the standard rates, cache writes and reads included (the multipliers stack),
+    long-context tiers too. A batch rate equal to the standard one is never right, so the
+    missing ones are derived by that rule."""
+    from genai_prices.types import Tier, TieredPrices
+
+    resolved = copy(variant)
+    for key in _KEYS.values():
+        value = getattr(standard, key, None)
+        if value is None or getattr(variant, key, None) != value:
+            continue
+        if isinstance(value, TieredPrices):
+            value = TieredPrices(value.base / 2, [Tier(t.start, t.price / 2) for t in value.tiers])
+        else:
+            value = value / 2
+        resolved.__dict__[key] = value  # as genai-prices applies its own variants
+    return resolved
+
+
+@lru_cache(maxsize=512)
+def _base_rates(model: str, batch: bool = False) -> tuple[Rates | None, int | None]:
+    """The model's base rates from genai-prices (standard or batch) and the input size
+    where its first long-context tier starts (None: no tiers). (None, None) if anything
+    is unusual."""
+    price = _model_price(model, batch)
     rates: dict[str, Decimal] = {}
     tier_starts: list[int] = []
-    for ours, theirs in names.items():
+    for ours, theirs in _KEYS.items():
         value = getattr(price, theirs, None)
         if value is None:
             return None, None

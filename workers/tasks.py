@@ -12,8 +12,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
-from datetime import datetime, UTC
 from typing import Any
 from collections.abc import Callable
 
@@ -21,18 +19,21 @@ import redis
 
 from workers import findings_index, keys, ledger_format, payload, scripts
 from workers.agent import Agent, Outcome, SpendLimitReached
+from workers.batch_caller import HeldBack
 from workers.lead import Lead
 from workers.lookup_tools import SwarmTools
 from workers.budgets import from_redis
 from workers.config import WorkerConfig
-from workers.pricing import Usage
 from workers.redis_retry import until_redis
 from workers.report import Report
 from workers.states import TaskState
 from workers.tools import Toolbox
 from workers.tool_base import one_line
+from workers.finding import describe as _describe, failed as _failed, finding_of
 
 log = logging.getLogger("swarm.worker")
+
+HELD = "held"  # an outcome's status: the budget held a batch request back
 
 
 class TaskRunner:
@@ -113,6 +114,8 @@ class TaskRunner:
         deliveries stay pending, and the supervisor hands them back)."""
         if not self.inflight:
             return
+        if self.cfg.batch is not None:  # waiting on batches: they go on from checkpoints
+            grace = min(grace, 1.0)
         log.info("waiting up to %gs for %d task(s) in flight", grace, len(self.inflight))
         _done, pending = await asyncio.wait(set(self.inflight), timeout=grace)
         for job in pending:
@@ -127,6 +130,9 @@ class TaskRunner:
         try:
             await self._run_entry(entry_id, task_id)
         except asyncio.CancelledError:
+            if self.cfg.batch is not None and task_id in self.running and \
+                    self.report.stopping.is_set():  # it goes on from its checkpoint
+                await asyncio.shield(self._give_back(entry_id, task_id, "", refund=True))
             raise
         except Exception as exc:
             log.exception("task %s: internal error; handed back as a failed attempt", task_id)
@@ -136,13 +142,14 @@ class TaskRunner:
             self.running.pop(task_id, None)
 
     async def _give_back(self, entry_id: str, task_id: str, reason: str,
-                         counted: bool) -> None:
+                         counted: bool = True, refund: bool = False) -> None:
         """A try that failed outside the agent's own handling counts as an attempt (if
         START had not counted it yet, it is counted here): the task goes back to the
         queue, and after ``max_attempts`` it is dead-lettered with this reason, never
-        retried for ever."""
+        retried for ever. ``refund``: a clean stop, the try does not count."""
         k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
-                                      self.consumer, False, reason, charge=not counted)
+                                      self.consumer, refund, reason,
+                                      charge=not counted and not refund)
         try:
             await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
         except Exception:
@@ -194,6 +201,11 @@ class TaskRunner:
                  time.monotonic() - started, outcome.calls,
                  "cost unknown" if outcome.nano is None else f"${outcome.nano / 1e9:.6f}",
                  f": {one_line(outcome.error, 200)}" if outcome.error else "")
+        if outcome.status == HELD:  # back to the queue untouched: it goes on later
+            k, a = scripts.hand_back_args(self.cfg.swarm, self.cfg.pool, task_id, entry_id,
+                                          self.consumer, True, outcome.error or "")
+            await until_redis(lambda: self._hand_back(keys=k, args=a), f"giving back {task_id}")
+            return
         if outcome.status == TaskState.HANDED_BACK and not run and \
                 await self._escalated(entry_id, task_id, task, outcome):
             return
@@ -294,6 +306,10 @@ class TaskRunner:
         except SpendLimitReached as exc:
             await self.report.pause(f"API spend limit reached: {exc}")
             outcome = _failed(f"API spend limit reached: {exc}")
+        except HeldBack as held:  # a batch request the budget does not admit
+            await self.report.pause(held.reason, held.pool)
+            outcome = _failed(held.reason)
+            outcome.status = HELD
         finally:
             self.working.pop(task_id, None)
             self.cancelling.discard(task_id)
@@ -311,7 +327,7 @@ class TaskRunner:
 
     async def _record(self, entry_id: str, task_id: str, description: str,
                       outcome: Outcome, run: str = "", dead: bool = False) -> None:
-        finding = self.finding(task_id, description, outcome)
+        finding = finding_of(self.cfg, task_id, description, outcome)
         dead_json = json.dumps({"task": task_id, "reason": outcome.error, "ts": time.time(),
                                 "worker": self.cfg.worker_id}) if dead else ""
         lead = self.cfg.role == "lead"
@@ -323,40 +339,15 @@ class TaskRunner:
             run, "lead" if lead else "child", run_state, findings_index.document(finding))
         recorded = await until_redis(lambda: self._finish(keys=k, args=a),
                                      f"recording task {task_id}")
+        if self.cfg.batch is not None:
+            await until_redis(lambda: self.redis.delete(keys.task_turn(self.cfg.swarm, task_id)),
+                              f"forgetting task {task_id}'s checkpoint")
         if not recorded:
             log.warning("task %s already had a result; this run's finding is dropped", task_id)
             return
         self.report.task_ended(task_id, done=outcome.status == TaskState.DONE)
         if outcome.status != TaskState.DONE:
             log.warning("task %s failed: %s", task_id, outcome.error)
-
-    def finding(self, task_id: str, description: str, outcome: Outcome) -> dict[str, Any]:
-        nano = outcome.nano
-        return {
-            "finding_id": f"finding_{uuid.uuid4().hex[:16]}",
-            "worker_id": self.cfg.worker_id,
-            "timestamp": datetime.now(UTC).isoformat(),
-            "task": description,
-            "result": outcome.result,
-            "files_changed": outcome.files_changed,
-            "citations": outcome.citations,
-            "tokens_used": outcome.usage.total,
-            "cost": None if nano is None else nano / 1e9,
-            "model": self.cfg.model,
-            "status": outcome.status,
-            "error": outcome.error,
-            "task_id": task_id,
-            "pool": self.cfg.pool,
-            "generation": self.cfg.generation,
-            "turns": outcome.turns,
-            "stop_reason": outcome.stop_reason,
-            "truncated": outcome.truncated,
-            "api_calls": outcome.calls,
-            "tool_calls": outcome.tool_calls,
-            "usage": vars(outcome.usage),
-            "cost_nano_usd": nano,
-            **outcome.extra,
-        }
 
     async def _ack(self, entry_id: str) -> None:
         async def ack() -> None:
@@ -396,17 +387,6 @@ async def ensure_group(redis: Any, stream: str) -> None:
         if "BUSYGROUP" not in str(exc):
             raise
 
-
-
-def _failed(reason: str) -> Outcome:
-    return Outcome("failed", "", error=reason, usage=Usage())
-
-
-def _describe(raw: Any) -> str:
-    try:
-        return str(json.loads(raw).get("description", ""))[:1000]
-    except Exception:  # noqa: BLE001 - a payload that is not JSON says what it is anyway
-        return "" if raw is None else str(raw)[:200]
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

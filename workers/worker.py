@@ -116,6 +116,9 @@ class Worker:
             librarian = self._librarian(runner)
             consuming = asyncio.create_task(
                 librarian.serve() if librarian else runner.consume(), name="consume")
+            desk = getattr(getattr(runner.agent, "caller", None), "desk", None)
+            collecting = asyncio.create_task(  # a batch pool's: its batches' results
+                desk.collect(stopping) if desk else stopping.wait(), name="batches")
             intake = SeedIntake(self.cfg, self.redis, stopping)
             listening = asyncio.create_task(
                 intake.listen() if self.cfg.seed_listener else stopping.wait(),
@@ -126,6 +129,9 @@ class Worker:
             consuming.cancel()
             listening.cancel()
             await runner.drain(self.cfg.stop_grace)
+            if desk:
+                await desk.close(self.cfg.stop_grace)
+            collecting.cancel()
             if librarian and librarian.jobs:
                 await asyncio.wait(set(librarian.jobs), timeout=self.cfg.stop_grace)
             beating.cancel()
