@@ -48,7 +48,11 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
         pipe.hgetall(keys.host_slots(name, host))
         pipe.hgetall(keys.host_pools(name, host))
     pipe.mget([keys.paused(name, p) for p in pool_names] or ["-"])
+    for pool in pool_names:  # batch pools' open batches
+        pipe.zrange(keys.batches(name, pool), 0, 999, withscores=True)
     replies = pipe.execute()
+    opened = dict(zip(pool_names, replies[len(replies) - len(pool_names):]))
+    replies = replies[:len(replies) - len(pool_names)]
     now = time.time()
     hosts, slots = [], []
     wanted: dict[str, int] = {}
@@ -66,7 +70,11 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
     for _, worker_id, slot, _ in slots:
         pipe.hgetall(keys.worker(name, worker_id))
         pipe.pttl(keys.lease(name, keys.consumer(worker_id, int(slot.get("generation", 0)))))
+    batch_ids = [(pool, b, created) for pool, got in opened.items() for b, created in got]
+    for _pool, batch_id, _created in batch_ids:
+        pipe.hget(keys.batch(name, batch_id), "open")
     found = pipe.execute()
+    batches = _batches(batch_ids, found[2 * len(slots):])
     workers = [_row(host, worker_id, slot, found[2 * i], found[2 * i + 1], lost)
                for i, (host, worker_id, slot, lost) in enumerate(slots)]
     up = [h for h in hosts if not h["lost"]]
@@ -88,9 +96,24 @@ def collect(client: redis.Redis, name: str) -> dict[str, Any]:
         "paused": paused,
         "paused_pools": {p: why for p, why in pool_pauses.items() if why},
         "tasks": {str(state): int(counts.get(state, 0)) for state in TaskState},
+        "batches": batches,
         "workers": workers,
         "server": describe(server, name) if isinstance(server, dict) else None,
     }
+
+
+def _batches(ids: list[tuple[str, str, float]], open_counts: list[Any]) -> dict[str, Any]:
+    """Per batch pool: requests waiting in Message Batches, in how many batches, and
+    when the oldest of them was sent (unix time)."""
+    found: dict[str, dict[str, Any]] = {}
+    for (pool, _batch_id, created), waiting in zip(ids, open_counts):
+        if waiting is None:  # collected meanwhile
+            continue
+        view = found.setdefault(pool, {"requests": 0, "batches": 0, "since": created})
+        view["requests"] += max(0, int(waiting))
+        view["batches"] += 1
+        view["since"] = min(view["since"], created)
+    return found
 
 
 def _host(host: str, lease: dict[str, str], now: float) -> dict[str, Any]:
@@ -183,6 +206,9 @@ def render(view: dict[str, Any]) -> Any:
         tasks_line.append(f"  PAUSED: {view['paused']}", style="bold red")
     for pool_name, why in view.get("paused_pools", {}).items():
         tasks_line.append(f"  PAUSED {pool_name}: {why}", style="bold red")
+    waits = [Text(f"{pool_name}: {b['requests']:,} request(s) waiting in {b['batches']} "
+                  f"batch(es), the oldest sent {_ago(b['since'])}")
+             for pool_name, b in sorted(view.get("batches", {}).items())]
     lead = 1 if many else 0  # with several hosts, a HOST column comes first
     headers = ("HOST",) * lead + _COLUMNS
     right = {i + lead for i in _RIGHT}
@@ -213,7 +239,15 @@ def render(view: dict[str, Any]) -> Any:
         if many and h["host"] not in {r["host"] for r in view["workers"]}:
             lines.append(_host_line(h))
     server = [Text(server_line(view["server"]))] if view.get("server") else []
-    return Group(head, *server, tasks_line, *lines)
+    return Group(head, *server, tasks_line, *waits, *lines)
+
+
+def _ago(when: float) -> str:
+    """'at 14:03:10 (5m12s ago)', local time."""
+    since = max(0, int(time.time() - when))
+    span = (f"{since // 3600}h{since % 3600 // 60:02d}m" if since >= 3600 else
+            f"{since // 60}m{since % 60:02d}s" if since >= 60 else f"{since}s")
+    return f"at {time.strftime('%H:%M:%S', time.localtime(when))} ({span} ago)"
 
 
 def _host_line(host: dict[str, Any]) -> Any:

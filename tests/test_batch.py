@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -118,3 +119,146 @@ def test_tasks_of_several_turns_run_through_batches(make_swarm, fake_api, work):
     assert int(r.hget(keys.reserved("t"), "total") or 0) == 0
     assert r.zcard(keys.batches("t", "bulk")) == 0
     assert not r.keys("swarm:t:task:*:turn")
+
+
+def sent_entries(fake_api) -> list[tuple[str, int]]:
+    """(task text, turn) of every request the fake received in any batch."""
+    return [(first_text(e.params).split("\n")[0], (len(e.params["messages"]) + 1) // 2)
+            for b in list(fake_api.batches._batches.values()) for e in b.entries]
+
+
+def test_a_worker_killed_with_batches_in_flight_loses_nothing_and_pays_once(
+        make_swarm, fake_api, work):
+    """SIGKILL while every task's request waits in a batch: the restarted worker adopts
+    the batch, takes each answer once, and the tasks go on to their later turns; the
+    ledger equals the bill, and no (task, turn) was billed twice."""
+    fake_api.script = turns_script
+    fake_api.batch_delay = 4.0
+    swarm = make_swarm(spec_of(batch_pool()), env=api_env(fake_api)).start()
+    ids = submit(swarm, [f"kill {i} in 3 turns" for i in range(10)])
+    r = swarm.redis()
+    wait_for(lambda: r.zcard(keys.batches("t", "bulk")) >= 1 and
+             sum(1 for f in r.hkeys(keys.inflight("t")) if f.startswith("batch|")) == 10,
+             30, "the first turns to wait in a batch")
+    first_batch = r.zrange(keys.batches("t", "bulk"), 0, 0)[0]
+    old = swarm.worker_pids()["t/" + swarm.status()["host"] + "/bulk-1"]
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: finished(swarm, ids), 90, "every task, after the kill")
+    found = findings_of(swarm, ids)
+    assert [f["status"] for f in found] == ["done"] * 10
+    assert all(f["turns"] == 3 and f["tool_calls"] == 2 for f in found)
+    assert {f["generation"] for f in found} == {2}
+    # the batch the dead worker sent was collected by its successor, not sent again
+    log = (swarm.folder / "logs" / "bulk-1.log").read_text()
+    assert f"batch {first_batch}: adopted from" in log
+    sent = sent_entries(fake_api)
+    assert len(sent) == len(set(sent)) == 30, "a request went to a batch twice"
+    total = assert_ledger_is_the_bill(swarm, fake_api)
+    assert total["calls"] == 30
+    assert total.get("lost_calls", 0) == 0
+    assert sum(f["cost_nano_usd"] for f in found) == total["nano"]
+    assert r.hlen(keys.inflight("t")) == 0
+    assert int(r.hget(keys.reserved("t"), "total") or 0) == 0
+
+
+def test_errored_and_expired_requests_are_sent_again_then_fail_with_their_reason(
+        make_swarm, fake_api, work):
+    fake_api.script = turns_script
+    fake_api.batch_delay = 0.2
+    fake_api.batch_faults = BatchFaults(errored=0.25, expired=0.25, seed=11)
+    swarm = make_swarm(spec_of(batch_pool(extra="max_attempts: 1\n").replace(
+        "poll_max: 500ms}", "poll_max: 500ms, retries: 1}")), env=api_env(fake_api)).start()
+    ids = submit(swarm, [f"flaky {i} in 2 turns" for i in range(30)])
+    wait_for(lambda: finished(swarm, ids), 90, "every task")
+    found = findings_of(swarm, ids)
+    done = [f for f in found if f["status"] == "done"]
+    failed = [f for f in found if f["status"] != "done"]
+    assert done and failed, "with half the entries faulted, some tasks should fail"
+    for f in failed:  # two tries of one of its turns came back errored or expired
+        assert re.fullmatch(r"batch request (errored: api_error: injected batch error|expired)"
+                            r" \(sent 2 times\)", f["error"]), f["error"]
+    for f in done:
+        assert f["turns"] == 2 and f["result"].startswith("finished flaky")
+    entries = [e for b in fake_api.batches._batches.values() for e in b.entries]
+    faulted = [e for e in entries if e.fault]
+    assert len(faulted) >= len(failed) * 2
+    # errored and expired entries are not billed, nor recorded
+    total = assert_ledger_is_the_bill(swarm, fake_api)
+    assert total["calls"] == len(entries) - len(faulted)
+    assert swarm.redis().hlen(keys.inflight("t")) == 0
+    assert int(swarm.redis().hget(keys.reserved("t"), "total") or 0) == 0
+
+
+def test_a_batch_is_sent_only_as_far_as_its_worst_case_fits_the_budget(
+        make_swarm, fake_api, work):
+    """The pool's budget admits one request's worst case at a time: one goes, the
+    others wait for its reservation to be settled; once what is left cannot cover a
+    worst case, the pool pauses and the rest go back to the queue untouched, then
+    finish when the budget is raised."""
+    from launcher.client import Swarm as Api
+    from workers.pricing import PriceBook
+
+    fake_api.script = turns_script
+    fake_api.batch_delay = 0.1
+    bound = PriceBook().bound_nano(HAIKU, 6_000, 4096, batch=True)  # about one request's
+    budget = int(1.5 * bound)
+    swarm = make_swarm(spec_of(batch_pool(extra=f"budget_usd: {budget / 1e9:.9f}\n")),
+                       env=api_env(fake_api)).start()
+    ids = submit(swarm, [f"thrift {i} in 1 turns" for i in range(40)])
+    api = Api("t", swarm.redis())
+    r = swarm.redis()
+    wait_for(lambda: r.get(keys.paused("t", "bulk")), 60, "the pool to pause")
+    reason = r.get(keys.paused("t", "bulk"))
+    said = re.fullmatch(r"budget reached: pool bulk spent \$([\d.]+) of \$[\d.e-]+, and a batch "
+                        r"request may cost up to \$([\d.]+)", reason)
+    assert said, reason
+    wait_for(lambda: r.hlen(keys.inflight("t")) == 0, 30, "what was sent to settle")
+    sizes = [len(b.entries) for b in fake_api.batches._batches.values()]
+    assert sizes and max(sizes) == 1, sizes  # one worst case in flight at a time
+    total = costs.read_counters(r, "t")["total"]["*"]
+    worst = round(float(said.group(2)) * 1e9)
+    assert round(float(said.group(1)) * 1e9) == total["nano"] <= budget < total["nano"] + worst
+    counts = api.status()["tasks"]
+    assert counts["failed"] == 0 and 0 < counts["done"] == total["calls"] < 40
+    assert counts["queued"] == 40 - counts["done"]
+    assert int(r.hget(keys.reserved("t"), "total") or 0) == 0
+    api.set_budget(1.0, pool="bulk")
+    wait_for(lambda: finished(swarm, ids), 60, "every task once the budget was raised")
+    assert [f["status"] for f in findings_of(swarm, ids)] == ["done"] * 40
+    assert int(r.hget(keys.reserved("t"), "total") or 0) == 0
+    assert_ledger_is_the_bill(swarm, fake_api)
+
+
+def test_status_shows_requests_waiting_in_batches_and_down_cancels_nothing(
+        make_swarm, fake_api, work):
+    """While requests wait, `swarm status` says how many and since when; `swarm down`
+    leaves the batches to be collected: after `up`, every task finishes, each request
+    billed once."""
+    fake_api.script = turns_script
+    fake_api.batch_delay = 6.0
+    swarm = make_swarm(spec_of(batch_pool()), env=api_env(fake_api)).start()
+    ids = submit(swarm, [f"wait {i} in 2 turns" for i in range(8)])
+    wait_for(lambda: swarm.status()["batches"].get("bulk", {}).get("requests") == 8, 30,
+             "8 requests waiting")
+    view = swarm.status()["batches"]["bulk"]
+    assert view["batches"] >= 1 and 0 <= time.time() - view["since"] < 30
+    shown = swarm.cli("status").stdout
+    assert re.search(r"bulk: 8 request\(s\) waiting in \d+ batch\(es\), the oldest sent at "
+                     r"\d\d:\d\d:\d\d \(\d+s ago\)", shown), shown
+    down = swarm.cli("down")
+    assert down.returncode == 0, down.stderr
+    assert not any(b.canceled for b in fake_api.batches._batches.values())
+    swarm.start()
+    wait_for(lambda: finished(swarm, ids), 60, "every task after up")
+    r = swarm.redis()
+    # handed back untouched at the stop (a clean stop is not an attempt)
+    assert all(int(r.hget(keys.task_meta("t", i), "attempts")) == 1 for i in ids)
+    found = findings_of(swarm, ids)
+    assert all(f["status"] == "done" and f["turns"] == 2 for f in found)
+    sent = sent_entries(fake_api)
+    assert len(sent) == len(set(sent)) == 16
+    total = assert_ledger_is_the_bill(swarm, fake_api)
+    assert total["calls"] == 16
+    shown = swarm.cli("cost").stdout
+    assert re.search(r"batch: \$[\d.]+ in 16 calls \(saved \$[\d.]+ against standard "
+                     r"prices, 50\.0%\)", shown), shown

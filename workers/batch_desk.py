@@ -141,17 +141,17 @@ class Desk:
         n, res_t, spent_t, res_p, spent_p = (int(v) for v in await until_redis(
             lambda: self._reserve(keys=k, args=a), "reserving a batch's worst case"))
         fits, rest = batch[:n], batch[n:]
-        if rest and (res_t or res_p):
+        if rest and (res_t or res_p or fits):
             log.info("%d request(s) wait for batches in flight to settle (budget)", len(rest))
             asyncio.get_running_loop().call_later(max(self.window, self.poll),
                                                   self._requeue, rest)
         elif rest:
             bound = rest[0].call.bound
-            pool_cap = caps[self.pool]
-            if pool_cap is not None and spent_p + bound > pool_cap:
-                who, cap, spent, scope = f"pool {self.pool}", pool_cap, spent_p, self.pool
+            pool_cap, swarm_cap = caps[self.pool], caps[None]
+            if swarm_cap is not None and spent_t + bound > swarm_cap:
+                who, cap, spent, scope = "the swarm", swarm_cap, spent_t, None
             else:
-                who, cap, spent, scope = "the swarm", caps[None] or 0, spent_t, None
+                who, cap, spent, scope = f"pool {self.pool}", pool_cap or 0, spent_p, self.pool
             reason = (f"{BUDGET_PREFIX}{who} spent ${spent / 1e9:.6f} of ${cap / 1e9:g}, "
                       f"and a batch request may cost up to ${bound / 1e9:.6f}")
             for pending in rest:

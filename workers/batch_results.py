@@ -58,7 +58,8 @@ class Settler:
             for (item, field, call), result in zip(todo, results):
                 turn = keys.task_turn(self.swarm, call["task"])
                 await self._settle(
-                    keys=[keys.inflight(self.swarm), keys.reserved(self.swarm), turn],
+                    keys=[keys.inflight(self.swarm), keys.reserved(self.swarm), turn,
+                          keys.batch(self.swarm, str(call.get("batch", "")))],
                     args=[field, item.custom_id,
                           "answered" if result.kind == "succeeded" else "failed",
                           *self._stored(result)], client=pipe)

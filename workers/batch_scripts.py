@@ -86,7 +86,7 @@ return 1
 SENT = """
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[3], 'pool', ARGV[3], 'owner', ARGV[4], 'created', ARGV[2],
-           'requests', #KEYS - 3)
+           'requests', #KEYS - 3, 'open', #KEYS - 3)
 for i = 4, #KEYS do
   local old, cid = ARGV[6 + (i - 4) * 2], ARGV[7 + (i - 4) * 2]
   local entry = redis.call('HGET', KEYS[1], old)
@@ -121,7 +121,7 @@ return 1
 # its reservation and, if its task still waits on it, store what came back in the
 # task's checkpoint. A failed request (errored, expired, canceled: not billed) is also
 # taken out of flight here.
-# KEYS: inflight, reserved, the task's checkpoint
+# KEYS: inflight, reserved, the task's checkpoint, the batch's hash
 # ARGV: in-flight field, custom_id, status ('answered' or 'failed'), then field/value
 #       pairs for the checkpoint
 # Returns 1 if the request was in flight (RECORD then records it), else 0.
@@ -130,6 +130,7 @@ local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return 0 end
 local call = cjson.decode(entry)
 """ + _RELEASE + """
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[4], 'open', -1) end
 if ARGV[3] == 'failed' then redis.call('HDEL', KEYS[1], ARGV[1]) end
 if redis.call('HGET', KEYS[3], 'cid') == ARGV[2] then
   redis.call('HSET', KEYS[3], 'status', ARGV[3])

@@ -256,7 +256,7 @@ def batches(swarm: str, pool: str) -> str:
 def batch(swarm: str, batch_id: str) -> str:
     """Hash: one batch not yet collected: ``pool``, ``owner`` (the consumer that polls
     it; any worker of the pool adopts it once the owner's lease is gone), ``created``,
-    ``requests``."""
+    ``requests``, ``open`` (those not yet settled)."""
     return f"{_ns(swarm)}:batch:{batch_id}"
 
 

@@ -116,8 +116,10 @@ errored, expired and canceled entries are never billed. ``cancel`` makes the bat
 "canceling" and ends it ``batch_cancel_delay`` seconds later, entries not due by then
 being ``canceled``; entries due more than 24 h after creation are ``expired``.
 ``FakeAPI(batch_faults=BatchFaults(errored=p, expired=q, seed=s))`` makes entries errored
-(an api_error, the script not called) or expired, reproducibly. ``faults`` and
-``latency`` do not apply to the batch endpoints.
+(an api_error, the script not called) or expired, reproducibly. The results come in an
+order of their own (shuffled per batch, as the real API does not promise the requests'
+order) unless ``batch_shuffle=False``. ``faults`` and ``latency`` do not apply to the
+batch endpoints.
 """
 
 from __future__ import annotations
@@ -682,7 +684,7 @@ class FakeAPI:
                  default_cache_min: int = DEFAULT_CACHE_MIN,
                  clock: Callable[[], float] = time.monotonic, batch_delay: float = 1.0,
                  batch_cancel_delay: float = 0.0,
-                 batch_faults: BatchFaults | None = None) -> None:
+                 batch_faults: BatchFaults | None = None, batch_shuffle: bool = True) -> None:
         self.latency, self.jitter = latency, jitter
         self.script: Script = script or default_script
         self.faults = faults
@@ -694,6 +696,7 @@ class FakeAPI:
         self.clock = clock
         self.batch_delay, self.batch_cancel_delay = batch_delay, batch_cancel_delay
         self.batch_faults = batch_faults
+        self.batch_shuffle = batch_shuffle  # results in an order of their own, per batch
         self.batches = Batches(self)
         self.url, self.port = "", 0
         self._rng = random.Random(seed)

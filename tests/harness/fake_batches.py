@@ -217,8 +217,11 @@ class Batches:
         if batch.ended is None:
             raise BatchError(400, f"Batch {batch.id} is still processing; its results are "
                                   "available once processing_status is 'ended'.")
+        entries = list(batch.entries)
+        if self.host.batch_shuffle:  # the real API does not promise the requests' order
+            random.Random(batch.seq).shuffle(entries)
         return b"".join(json.dumps({"custom_id": e.custom_id, "result": e.result}).encode()
-                        + b"\n" for e in batch.entries)
+                        + b"\n" for e in entries)
 
     # --- processing --------------------------------------------------------------------
 
