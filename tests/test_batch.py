@@ -262,3 +262,61 @@ def test_status_shows_requests_waiting_in_batches_and_down_cancels_nothing(
     shown = swarm.cli("cost").stdout
     assert re.search(r"batch: \$[\d.]+ in 16 calls \(saved \$[\d.]+ against standard "
                      r"prices, 50\.0%\)", shown), shown
+
+
+def load_spec(tmp_path, text: str):
+    from launcher.spec import load
+
+    path = tmp_path / "swarm.yaml"
+    path.write_text(text)
+    return load(path)
+
+
+def test_batch_true_takes_the_defaults_and_hours_of_task_timeout(tmp_path):
+    spec = load_spec(tmp_path, f"pools:\n  bulk:\n    model: {HAIKU}\n    batch: true\n"
+                               f"  quick:\n    model: {HAIKU}\n    batch: false\n")
+    bulk, quick = spec.pools["bulk"], spec.pools["quick"]
+    assert bulk.batch is not None and quick.batch is None
+    assert (bulk.batch.window, bulk.batch.max_requests, bulk.batch.poll,
+            bulk.batch.poll_max, bulk.batch.retries) == (2.0, 10_000, 10.0, 300.0, 2)
+    assert bulk.task_timeout == 86_400 and bulk.concurrency == 1000
+    assert quick.task_timeout == 600 and quick.concurrency == 1
+    spec = load_spec(tmp_path, f"pools:\n  bulk:\n    model: {HAIKU}\n    task_timeout: 2h\n"
+                               "    concurrency: 64\n    batch: {window: 30s, retries: 0}\n")
+    bulk = spec.pools["bulk"]
+    assert (bulk.task_timeout, bulk.concurrency) == (7200, 64)
+    assert (bulk.batch.window, bulk.batch.retries, bulk.batch.poll) == (30.0, 0, 10.0)
+
+
+@pytest.mark.parametrize("pools, said", [
+    ("  w:\n    model: m\n  l:\n    model: m\n    role: lead\n    delegates_to: [w]\n"
+     "    batch: true\n", "swarm.yaml:8: pools.l.batch: is for worker pools"),
+    ("  w:\n    model: m\n    batch: {max_requests: 200000}\n",
+     "swarm.yaml:4: pools.w.batch.max_requests: must be <= 100000"),
+    ("  w:\n    model: m\n    batch: {windw: 1s}\n", "swarm.yaml:4: pools.w.batch.windw: "),
+    ("  w:\n    model: m\n    batch: yes please\n", "swarm.yaml:4: pools.w.batch: "),
+])
+def test_a_batch_setting_that_cannot_work_is_refused_in_one_line(tmp_path, pools, said):
+    from tests.harness.procs import SWARM_CLI, cli_env
+    import subprocess
+
+    (tmp_path / "swarm.yaml").write_text("pools:\n" + pools)
+    run = subprocess.run([*SWARM_CLI, "up", "swarm.yaml"], cwd=tmp_path, env=cli_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert said in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+def test_a_rate_limit_holds_batch_requests_too(make_swarm, fake_api, work):
+    """rpm 60 admits one request a second (a bucket of one): gathered for 200 ms,
+    no batch holds more than one request, where unlimited they would all go in one."""
+    fake_api.script = turns_script
+    fake_api.batch_delay = 0.1
+    swarm = make_swarm(spec_of(batch_pool(), extra=f"rate_limits:\n  {HAIKU}: {{rpm: 60}}\n"),
+                       env=api_env(fake_api)).start()
+    ids = submit(swarm, [f"slow {i} in 1 turns" for i in range(4)])
+    wait_for(lambda: finished(swarm, ids), 60, "every task")
+    sizes = [len(b.entries) for b in fake_api.batches._batches.values()]
+    assert sizes == [1, 1, 1, 1], sizes
+    assert_ledger_is_the_bill(swarm, fake_api)
