@@ -320,3 +320,49 @@ def test_a_rate_limit_holds_batch_requests_too(make_swarm, fake_api, work):
     sizes = [len(b.entries) for b in fake_api.batches._batches.values()]
     assert sizes == [1, 1, 1, 1], sizes
     assert_ledger_is_the_bill(swarm, fake_api)
+
+
+def test_a_task_cancelled_while_its_request_waits_is_still_billed_exactly(
+        make_swarm, fake_api, work):
+    """`swarm cancel` cannot take one request out of a batch: the task ends cancelled at
+    once, and when the batch ends its answer is recorded against the task, unused."""
+    fake_api.script = turns_script
+    fake_api.batch_delay = 3.0
+    swarm = make_swarm(spec_of(batch_pool()), env=api_env(fake_api)).start()
+    [task] = submit(swarm, ["doomed in 2 turns"])
+    r = swarm.redis()
+    wait_for(lambda: r.zcard(keys.batches("t", "bulk")) == 1, 30, "the request in a batch")
+    assert swarm.cli("cancel", task).returncode == 0
+    wait_for(lambda: r.hget(keys.task_meta("t", task), "state") == "cancelled", 30,
+             "the task to end cancelled")
+    assert not r.exists(keys.task_turn("t", task))
+    wait_for(lambda: r.zcard(keys.batches("t", "bulk")) == 0, 30, "the batch collected")
+    total = assert_ledger_is_the_bill(swarm, fake_api)
+    assert total["calls"] == 1
+    assert int(r.zscore(keys.task_costs("t"), task)) == total["nano"] > 0
+    assert r.hlen(keys.inflight("t")) == 0
+    assert not r.exists(keys.task_turn("t", task))  # the late answer was not stored
+    assert len(sent_entries(fake_api)) == 1  # its second turn never went
+
+
+def test_requests_gathering_when_their_worker_dies_are_counted_lost_and_sent_again(
+        make_swarm, fake_api, work):
+    """Killed while its requests were gathering (before their batch was sent): their
+    fate is unknown to the ledger, so they count as lost in flight with an upper bound,
+    as an ordinary call cut off would; the successor sends them, each billed once."""
+    fake_api.script = turns_script
+    fake_api.batch_delay = 0.2
+    swarm = make_swarm(spec_of(batch_pool().replace("window: 200ms", "window: 5s")),
+                       env=api_env(fake_api)).start()
+    ids = submit(swarm, [f"early {i} in 1 turns" for i in range(5)])
+    r = swarm.redis()
+    wait_for(lambda: len(r.hkeys(keys.inflight("t"))) == 5, 30, "5 requests gathering")
+    assert not any(f.startswith("batch|") for f in r.hkeys(keys.inflight("t")))
+    os.kill(swarm.worker_pids()["t/" + swarm.status()["host"] + "/bulk-1"], signal.SIGKILL)
+    wait_for(lambda: finished(swarm, ids), 60, "every task, after the kill")
+    assert all(f["status"] == "done" for f in findings_of(swarm, ids))
+    assert len(sent_entries(fake_api)) == 5  # none had left: each went once
+    total = assert_ledger_is_the_bill(swarm, fake_api)
+    assert total["calls"] == 5 and total["lost_calls"] == 5
+    assert total["lost_bound_nano"] > total["nano"]
+    assert int(r.hget(keys.reserved("t"), "total") or 0) == 0

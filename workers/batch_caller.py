@@ -35,7 +35,7 @@ RETRYABLE = ("errored", "expired", "canceled", "lost")
 NOT_RETRYABLE_ERRORS = ("invalid_request_error", "authentication_error",
                         "permission_error", "not_found_error")
 _SAVED = ("turn", "cid", "status", "request", "progress", "batch", "consumer", "answer",
-          "answer_usage", "answer_nano", "failure")
+          "answer_usage", "answer_nano", "failure", "pool")
 
 
 class BatchFailed(CallFailed):
@@ -83,8 +83,8 @@ class BatchCaller:
         values = await until_redis(lambda: self.redis.hmget(self._key(task_id), _SAVED),
                                    f"reading task {task_id}'s checkpoint")
         saved = Saved({k: v for k, v in zip(_SAVED, values) if v is not None})
-        if not saved.get("request") or not saved.turn:
-            return None
+        if not saved.get("request") or not saved.turn or saved.get("pool") != self.desk.pool:
+            return None  # none, or another pool's (its model and tools may differ)
         self._resumed[task_id] = saved
         request = json.loads(saved.get("request"))
         return {**json.loads(saved.get("progress") or "{}"), "turn": saved.turn,
@@ -126,7 +126,7 @@ class BatchCaller:
         consumer = self.desk.consumer
         checkpoint = {"turn": progress.get("turn", 0), "cid": cid, "status": "gathering",
                       "request": body, "progress": json.dumps(progress), "batch": "",
-                      "consumer": consumer}
+                      "consumer": consumer, "pool": self.desk.pool}
 
         async def save() -> None:
             pipe = self.redis.pipeline(transaction=True)

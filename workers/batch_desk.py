@@ -181,11 +181,13 @@ class Desk:
             for pending in batch:
                 resolve(pending.future, Result("rejected", detail=_message(exc)))
             return
-        except (anthropic.APIError, asyncio.CancelledError) as exc:
+        except (anthropic.APIError, asyncio.CancelledError) as exc:  # its fate is unknown
             await asyncio.shield(self._give_back(batch, lost=True))
             for pending in batch:
-                resolve(pending.future, Result("lost", detail=f"creating the batch: {exc}"))
-            raise
+                resolve(pending.future, Result("lost", detail=f"creating the batch: {exc!r}"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
         now = time.time()
         k = [keys.inflight(self.swarm), keys.batches(self.swarm, self.pool),
              keys.batch(self.swarm, created.id),

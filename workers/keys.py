@@ -242,7 +242,8 @@ def task_turn(swarm: str, task_id: str) -> str:
     """Hash, expiring a week after its last write: a batch pool task's agent loop as of
     its last request (workers/batch_caller.py): ``turn``, ``cid`` (the request's
     custom_id), ``status`` (gathering, sent, answered, failed, unsent), ``request`` and
-    ``progress`` (JSON: what a successor needs to go on), ``batch``, and once read
+    ``progress`` (JSON: what a successor needs to go on), ``consumer``, ``pool``,
+    ``batch``, and once read
     ``answer``, ``answer_usage``, ``answer_nano``, or ``failure``. Deleted when the
     task is recorded."""
     return f"{_ns(swarm)}:task:{task_id}:turn"

@@ -208,8 +208,15 @@ class TaskRunner:
             return
         if outcome.status == TaskState.HANDED_BACK and not run and \
                 await self._escalated(entry_id, task_id, task, outcome):
+            await self._forget_turns(task_id)
             return
         await self._record(entry_id, task_id, task.description, outcome, run)
+
+    async def _forget_turns(self, task_id: str) -> None:
+        """A batch pool's task left the pool: its checkpoint is of no more use."""
+        if self.cfg.batch is not None:
+            await until_redis(lambda: self.redis.delete(keys.task_turn(self.cfg.swarm, task_id)),
+                              f"forgetting task {task_id}'s checkpoint")
 
     async def _start_pipeline(self, k: list[str], a: list[str], task_id: str) -> list[Any]:
         """Claim, payload, shared context, last error and spending: one round trip."""
@@ -339,9 +346,7 @@ class TaskRunner:
             run, "lead" if lead else "child", run_state, findings_index.document(finding))
         recorded = await until_redis(lambda: self._finish(keys=k, args=a),
                                      f"recording task {task_id}")
-        if self.cfg.batch is not None:
-            await until_redis(lambda: self.redis.delete(keys.task_turn(self.cfg.swarm, task_id)),
-                              f"forgetting task {task_id}'s checkpoint")
+        await self._forget_turns(task_id)
         if not recorded:
             log.warning("task %s already had a result; this run's finding is dropped", task_id)
             return
