@@ -176,6 +176,7 @@ def write_file(path: str, text: str) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # python -I -S made it KeyboardInterrupt
     config = json.loads(argv[1])
+    config["more_argv"] = argv[2:]  # a wrapper's own arguments go on to the command
     try:
         with Step("die with the caller"):
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -245,7 +246,20 @@ def child(config: dict, alive: int) -> None:
         drop_privileges()
     except SetupError as exc:
         os._exit(fail(exc))
-    execute(config["argv"], config["env"])
+    execute(config["argv"] + config.get("more_argv", []), environment(config))
+
+
+def environment(config: dict) -> dict:
+    """The spec's environment, plus the names of ``inherit`` found in ours (a name, or
+    a prefix ending in '*'), less ``deny``; the spec's own values win."""
+    wanted = config.get("inherit", [])
+    deny = set(config.get("deny", []))
+
+    def inherited(name: str) -> bool:
+        return name not in deny and any(
+            name.startswith(w[:-1]) if w.endswith("*") else name == w for w in wanted)
+
+    return {**{k: v for k, v in os.environ.items() if inherited(k)}, **config["env"]}
 
 
 def build_root(config: dict) -> None:
@@ -264,6 +278,8 @@ def build_root(config: dict) -> None:
             mask(path)
         else:
             bind(path, path, readonly=kind == "readonly")
+    for source, target in config.get("binds", []):  # read-write, at a path of their own
+        bind(os.path.realpath(source), target, readonly=False)
     with Step("make / read-only"):
         remount_readonly(STAGE, below=False)
 

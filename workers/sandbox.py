@@ -46,7 +46,13 @@ class SandboxSpec:
     readonly: tuple[str, ...] = ()
     # False: a network namespace of its own, with only loopback (up)
     network: bool = False
-    env: dict[str, str] = field(default_factory=dict)  # the command's whole environment
+    env: dict[str, str] = field(default_factory=dict)  # the command's whole environment...
+    # ...plus these names (or prefixes ending in '*') from the environment the sandbox
+    # is started with, less ``deny`` (a wrapper's caller sets them: Claude Code's SDK)
+    inherit: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    # (source, path inside): folders bound read-write at a path of their own
+    binds: tuple[tuple[str, str], ...] = ()
 
 
 def command(spec: SandboxSpec, argv: list[str]) -> list[str]:
@@ -60,11 +66,28 @@ def command(spec: SandboxSpec, argv: list[str]) -> list[str]:
         "readonly": [os.path.realpath(p) for p in spec.readonly],
         "network": spec.network,
         "env": dict(spec.env),
+        "inherit": list(spec.inherit),
+        "deny": list(spec.deny),
+        "binds": [[os.path.realpath(a), b] for a, b in spec.binds],
         "argv": list(argv),
         "parent": os.getpid(),
     }
     # not ASCII-escaped: one argument may hold 128 KiB, as `sh -c COMMAND` alone may
     return [sys.executable, "-I", "-S", INIT, json.dumps(config, ensure_ascii=False)]
+
+
+def wrapper(spec: SandboxSpec, argv: list[str], path: str) -> str:
+    """Write an executable at ``path`` that runs ``argv`` plus its own arguments in the
+    sandbox ``spec``, keeping its standard streams: for a program that starts the
+    command itself (Claude Code's SDK takes it as ``cli_path``). Its caller must be
+    this process, as for :func:`command`."""
+    import shlex
+
+    line = " ".join(shlex.quote(part) for part in command(spec, argv))
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(f"#!/bin/sh\nexec {line} \"$@\"\n")
+    os.chmod(path, 0o700)
+    return path
 
 
 @functools.cache

@@ -18,7 +18,13 @@ TCP_NODELAY), so a thousand concurrent slow calls cost a thousand sleeping corou
 Only ``POST /v1/messages`` and the Message Batches endpoints (below) exist. Requests are
 checked the way the real API checks the things a client gets wrong (empty content, a
 tool_use without its tool_result right after, a tool_result without its tool_use, more
-than 4 cache breakpoints, a 1h breakpoint after a 5m one): those get a 400.
+than 4 cache breakpoints, a 1h breakpoint after a 5m one, a thinking budget not below
+``max_tokens``, thinking enabled while the tool loop's first assistant message does not
+start with a thinking block): those get a 400. Fields it does not model are accepted
+and ignored, as the real API accepts them: Claude Code's ``metadata``,
+``context_management``, ``thinking.display``, a tool's ``defer_loading`` (counted like
+any tool here) and the ``?beta=true`` query on its ``POST /v1/messages?beta=true``; the
+headers (``anthropic-version``, ``anthropic-beta``...) are not checked but ``api_key``'s.
 
 A reply is billed (counted in ``billed()``) when it is produced, whether or not the
 client is still there to read it; errors, injected faults included, are never billed.
@@ -466,7 +472,51 @@ def check_request(req: Any) -> str | None:
     if "system" in req and req["system"] is not None and not isinstance(
             req["system"], (str, list)):
         return "system: Input should be a valid string or list of blocks"
+    if problem := _check_thinking(req):
+        return problem
     return _check_cache_control(req)
+
+
+def _check_thinking(req: Request) -> str | None:
+    """Extended thinking, as the API checks it. Claude Code sends ``thinking: {"type":
+    "enabled", "budget_tokens": max_tokens - 1, "display": ...}`` on every call, and
+    passes the thinking blocks it got back; the API then insists that the assistant
+    message opening the trailing tool loop (the one after the last user message that is
+    not a tool_result) starts with a thinking block: a client dropping them gets a 400.
+    Other fields of ``thinking`` (``display``...) are not checked."""
+    thinking = req.get("thinking")
+    if thinking is None:
+        return None
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind not in ("enabled", "disabled", "adaptive"):
+        return "thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'"
+    if kind != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if budget >= req["max_tokens"]:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    messages = req["messages"]
+
+    def tool_results(i: int) -> bool:
+        return messages[i].get("role") == "user" and any(
+            b.get("type") == "tool_result" for b in _blocks(messages[i]))
+
+    if len(messages) < 2 or not tool_results(len(messages) - 1):
+        return None
+    first = len(messages) - 2  # the tool_use before it (checked by _check_message)
+    while first >= 2 and tool_results(first - 1):
+        first -= 2
+    blocks = _blocks(messages[first])
+    found = blocks[0].get("type") if blocks else "text"
+    if found in ("thinking", "redacted_thinking"):
+        return None
+    return (f"messages.{first}.content.0.type: Expected `thinking` or `redacted_thinking`, "
+            f"but found `{found}`. When `thinking` is enabled, a final `assistant` message "
+            "must start with a thinking block (preceeding the lastmost set of `tool_use` and "
+            "`tool_result` blocks). We recommend you include thinking blocks from previous "
+            "turns. To avoid this requirement, disable `thinking`.")
 
 
 def _check_cache_control(req: Request) -> str | None:
