@@ -31,6 +31,7 @@ import re
 import textwrap
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,22 @@ class Phase:
     mismatches: list[str] = field(default_factory=list)
 
 
+def bill_of(snap: Snapshot, side: str) -> dict[str, Any]:
+    """The fake's totals of one side: ``standard`` or ``batch``."""
+    return snap.billed["batch"] if side == "batch" else snap.billed
+
+
+def all_finished(redis: Any, name: str, expected: int) -> bool:
+    return sum(finished(redis, name)) >= expected
+
+
+def settled(api: FakeAPI, redis: Any, name: str, before: Snapshot, side: str) -> bool:
+    """The ledger counts as many calls since ``before`` as the fake answered."""
+    now = snapshot(api, redis, name)
+    return (delta(now.ledger, before.ledger, ["calls"])["calls"]
+            >= delta(bill_of(now, side), bill_of(before, side), ["responses"])["responses"])
+
+
 def delta(after: dict[str, Any], before: dict[str, Any], names: list[str]) -> dict[str, int]:
     return {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in names}
 
@@ -162,25 +179,20 @@ def run_mode(mode: str, context: str | None, work: list[tuple[str, list[str]]],
             t0 = time.perf_counter()
             client.submit_many(texts, pool=POOL)
             expected += len(texts)
-            turns = max(int(TURNS_RE.search(t).group(1)) for t in texts)  # type: ignore[union-attr]
-            wait_for(lambda: sum(finished(redis, name)) >= expected,
+            turns = max(int(m.group(1)) for t in texts if (m := TURNS_RE.search(t)))
+            wait_for(partial(all_finished, redis, name, expected),
                      60 + len(texts) / 10 + turns * (args.window_s + args.batch_delay + 5),
                      f"{label} ({mode})", every=0.1)
             seconds = time.perf_counter() - t0
-            # every call settled: the ledger's calls reach the fake's answers (bounded)
-            _bill_of = (lambda s: s.billed["batch"] if side == "batch" else s.billed)
-            try:
-                wait_for(lambda: delta(snapshot(api, redis, name).ledger, before.ledger,
-                                       ["calls"])["calls"]
-                         >= delta(_bill_of(snapshot(api, redis, name)), _bill_of(before),
-                                  ["responses"])["responses"], 10, "the ledger")
+            try:  # every call settled: the ledger's calls reach the fake's answers
+                wait_for(partial(settled, api, redis, name, before, side), 10, "the ledger")
             except AssertionError:
                 pass  # reported below as a mismatch
             after = snapshot(api, redis, name)
             names = ["calls", "input", "output", "cache_write", "cache_read", "nano",
                      "batch_calls", "batch_nano", "batch_std_nano"]
             ledger = delta(after.ledger, before.ledger, names)
-            bill = delta(_bill_of(after), _bill_of(before),
+            bill = delta(bill_of(after, side), bill_of(before, side),
                          ["responses", "input_tokens", "output_tokens",
                           "cache_creation_input_tokens", "cache_read_input_tokens"])
             other = "standard" if side == "batch" else "batch"
@@ -241,66 +253,121 @@ def rss_uss(pid: int | None) -> tuple[int, int]:
         return 0, 0
 
 
-def memory_run(n: int, args: argparse.Namespace) -> dict[str, Any]:
+def hangs(folder: Path) -> list[str]:
+    """The supervisor's log lines of workers killed as hung."""
+    return [line for path in sorted(folder.rglob("supervisor.log*"))
+            for line in path.read_text(errors="replace").splitlines()
+            if " hang " in line]
+
+
+def memory_run(n: int, step: int, bound: float, args: argparse.Namespace) -> dict[str, Any]:
+    """One worker, concurrency 10,000, batches that never end: ``n`` single-turn tasks
+    submitted ``step`` at a time (each step once the requests before it wait in batches),
+    until ``swarm status`` shows ``n`` requests waiting (within ``bound`` seconds); then
+    the worker's memory, against its memory idle before the first task."""
     batch = f"{{window: {args.window}, max_requests: 10000, poll: {args.poll}, " \
             f"poll_max: {args.poll_max}}}"
     api = FakeAPI(script=script, batch_delay=3600.0).start()
     run = bench_swarm("bpmem", pool_yaml(batch, 10_000), env=api_env(api, "bench"))
     (run.folder / "work").mkdir()
-    out: dict[str, Any] = {"tasks": n}
+    out: dict[str, Any] = {"tasks": n, "step": step, "bound": bound}
     try:
         run.start(workers=1)
         redis = run.redis()
-        row = run.status()["workers"][0]
-        pid = int(row["pid"])
+        pid = int(run.status()["workers"][0]["pid"])
         time.sleep(3)  # settled after boot
         out["idle_rss"], out["idle_uss"] = rss_uss(pid)
         out["redis_idle_rss"] = rss_uss(run.redis_pid())[0]
         from launcher.client import Swarm
 
-        t0 = time.perf_counter()
-        Swarm("bpmem", redis).submit_many([f"job m{i} in 1 turns" for i in range(n)],
-                                          pool=POOL)
+        client = Swarm("bpmem", redis)
         seen: dict[str, Any] = {}
+        submitted = 0
 
-        def all_waiting() -> bool:
+        def waiting() -> bool:
             view = run.status()
+            seen.clear()
             seen.update(view.get("batches", {}).get(POOL, {}))
-            return seen.get("requests", 0) >= n
+            return seen.get("requests", 0) >= submitted
 
-        try:
-            wait_for(all_waiting, 120 + n / 20, f"{n} requests waiting in batches", every=0.5)
-            out["waiting_after_s"] = time.perf_counter() - t0
-        except AssertionError as exc:
-            out["timeout"] = str(exc)
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + bound
+        while submitted < n:
+            k = min(step, n - submitted)
+            client.submit_many([f"job m{i} in 1 turns" for i in range(submitted, submitted + k)],
+                               pool=POOL)
+            submitted += k
+            try:
+                wait_for(waiting, max(1.0, deadline - time.monotonic()),
+                         f"{submitted:,} requests waiting in batches", every=0.5)
+            except AssertionError as exc:
+                out["timeout"] = str(exc)
+                break
+        out["reached"] = "timeout" not in out
+        out["waiting_after_s"] = time.perf_counter() - t0
         out["status_batches"] = dict(seen)
         samples = []
         for _ in range(args.samples):  # a few readings, a second apart
             samples.append(rss_uss(pid))
             time.sleep(1)
         out["rss"], out["uss"] = samples[-1]
+        out["rss_max"] = max(s[0] for s in samples)
         try:
             proc = psutil.Process(pid)
             out["fds"], out["threads"] = proc.num_fds(), proc.num_threads()
         except psutil.Error:
-            out["fds"] = out["threads"] = "?"
-        out["rss_max"] = max(s[0] for s in samples)
+            out["fds"] = out["threads"] = "gone"
         out["redis_rss"] = rss_uss(run.redis_pid())[0]
         view = run.status()
         row = next(r for r in view["workers"] if r["pool"] == POOL)
-        out["slot_rss"], out["restarts"], out["state"] = row["rss"], row["restarts"], row["state"]
-        out["same_pid"] = int(row["pid"]) == pid
-        out["status_tasks"] = view["tasks"]
-        out["fake_batches"] = [n for _, n in snapshot(api, redis, "bpmem").batches]
+        out["restarts"], out["state"] = row["restarts"], row["state"]
+        out["same_pid"] = bool(row["pid"]) and int(row["pid"]) == pid
+        out["status_tasks"] = {k: v for k, v in view["tasks"].items() if v}
+        out["fake_batches"] = [m for _, m in snapshot(api, redis, "bpmem").batches]
         out["log_batches"] = logged_batches(run.folder)
-        entry = next(iter(api.batches._batches.values())).entries[0].params
-        out["request_bytes"] = len(json.dumps(entry))
+        out["hangs"] = hangs(run.folder)
+        out["retrying"] = sum(
+            path.read_text(errors="replace").count("Redis unreachable")
+            for path in run.folder.rglob(f"{POOL}-*.log*"))
+        made = list(api.batches._batches.values())
+        out["request_bytes"] = len(json.dumps(made[0].entries[0].params)) if made else 0
     finally:
         t1 = time.perf_counter()
         run.stop()
         out["stop_s"] = time.perf_counter() - t1
         api.stop()
     return out
+
+
+def memory_report(mem: dict[str, Any], samples: int) -> str:
+    n = mem["tasks"]
+    how = ("all at once" if mem["step"] >= n else f"{mem['step']:,} at a time")
+    head = f"### {n:,} tasks submitted {how}\n\n"
+    if not mem["reached"]:
+        return head + (
+            f"NOT REACHED within {mem['bound']:g} s: status {mem['status_batches'] or '{}'} "
+            f"(requests waiting in batches), tasks {mem['status_tasks']}; batches at the "
+            f"fake: {len(mem['fake_batches'])}; the worker killed as hung "
+            f"{len(mem['hangs'])} time(s), restarts {mem['restarts']}, state {mem['state']}; "
+            f"'Redis unreachable' lines in its log: {mem['retrying']:,}; stop took "
+            f"{mem['stop_s']:.1f} s\n" + "".join(f"    {line}\n" for line in mem["hangs"][:3]))
+    grown = mem["rss"] - mem["idle_rss"]
+    rows = [["idle, before the tasks", mib(mem["idle_rss"]), mib(mem["idle_uss"]),
+             mib(mem["redis_idle_rss"])],
+            [f"{n:,} requests waiting", mib(mem["rss"]), mib(mem["uss"]),
+             mib(mem["redis_rss"])],
+            ["per waiting request", f"{grown / n / 1024:.1f} KiB",
+             f"{(mem['uss'] - mem['idle_uss']) / n / 1024:.1f} KiB",
+             f"{(mem['redis_rss'] - mem['redis_idle_rss']) / n / 1024:.1f} KiB"]]
+    return head + table(["", "worker RSS", "worker USS", "Redis RSS"], rows) + (
+        f"\n\nall waiting after {mem['waiting_after_s']:.1f} s; status: "
+        f"{mem['status_batches']}; tasks {mem['status_tasks']}; batches at the fake "
+        f"(count, mean, min, max requests): {', '.join(spread(mem['fake_batches']))}; in "
+        f"the worker's log: {', '.join(spread(mem['log_batches']))}; a request is "
+        f"{mem['request_bytes']:,} bytes of JSON; worker RSS max over {samples} readings "
+        f"{mib(mem['rss_max'])}, fds {mem['fds']}, threads {mem['threads']}; state "
+        f"{mem['state']}, restarts {mem['restarts']}, killed as hung {len(mem['hangs'])} "
+        f"time(s), same pid {mem['same_pid']}; stop took {mem['stop_s']:.1f} s\n")
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -327,9 +394,16 @@ def main() -> None:
                         help="seconds per standard response")
     parser.add_argument("--std-concurrency", type=int, default=100)
     parser.add_argument("--samples", type=int, default=5, help="RSS readings, 1 s apart")
+    parser.add_argument("--waiting", type=int, default=None,
+                        help="requests to have waiting (default 10,000; --small 1,000)")
+    parser.add_argument("--step", type=int, default=1000,
+                        help="tasks submitted at a time for the memory figure")
+    parser.add_argument("--burst-bound", type=float, default=90.0,
+                        help="seconds given to all of them submitted at once (0: not tried)")
     args = parser.parse_args()
     args.window, args.window_s, args.poll, args.poll_max = "1s", 1.0, "200ms", "2s"
     single, multi, turns, waiting = (100, 10, 10, 1000) if args.small else (1000, 100, 10, 10_000)
+    waiting = args.waiting or waiting
     work = [(f"{single:,} x 1 turn", [f"job s{i} in 1 turns" for i in range(single)]),
             (f"{multi:,} x {turns} turns", [f"job t{i} in {turns} turns" for i in range(multi)])]
     load = MachineLoad()
@@ -401,27 +475,13 @@ def main() -> None:
                   f"tokens; files written by the batch pool: {r['files_written']:,}; "
                   f"standard: {results[(ctx, 'standard')]['files_written']:,}")
     if not args.skip_memory:
-        mem = memory_run(waiting, args)
-        n = mem["tasks"]
-        grown = mem["rss"] - mem["idle_rss"]
-        print(f"\n## Worker memory, {n:,} requests waiting in batches\n")
-        print(table(["", "worker RSS", "worker USS", "Redis RSS"], [
-            ["idle, before the tasks", mib(mem["idle_rss"]), mib(mem["idle_uss"]),
-             mib(mem["redis_idle_rss"])],
-            [f"{n:,} requests waiting", mib(mem["rss"]), mib(mem["uss"]), mib(mem["redis_rss"])],
-            ["per waiting request", f"{grown / n / 1024:.1f} KiB",
-             f"{(mem['uss'] - mem['idle_uss']) / n / 1024:.1f} KiB",
-             f"{(mem['redis_rss'] - mem['redis_idle_rss']) / n / 1024:.1f} KiB"]]))
-        print(f"\nall waiting after {mem.get('waiting_after_s', float('nan')):.1f} s; status: "
-              f"{mem['status_batches']}; tasks {mem['status_tasks']}; "
-              f"batches at the fake (count, mean, min, max requests): "
-              f"{', '.join(spread(mem['fake_batches']))}; in the worker's log: "
-              f"{', '.join(spread(mem['log_batches']))}; worker fds {mem['fds']}, threads "
-              f"{mem['threads']}; a request is {mem['request_bytes']:,} "
-              f"bytes of JSON; RSS max over {args.samples} readings {mib(mem['rss_max'])}; "
-              f"slot rss {mem['slot_rss']}; worker state {mem['state']}, restarts "
-              f"{mem['restarts']}, same pid {mem['same_pid']}; stop took {mem['stop_s']:.1f} s"
-              + (f"\nTIMEOUT: {mem['timeout']}" if "timeout" in mem else ""))
+        print(f"\n## Worker memory, {waiting:,} requests waiting in batches\n", flush=True)
+        if args.burst_bound > 0:
+            print(memory_report(memory_run(waiting, waiting, args.burst_bound, args),
+                                args.samples), flush=True)
+        if args.step < waiting:
+            print(memory_report(memory_run(waiting, args.step, 120 + waiting / 20, args),
+                                args.samples), flush=True)
     print(f"\n{load.report()}")
 
 

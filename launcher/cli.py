@@ -51,6 +51,7 @@ def up(
     spec = load_or_fail(spec_path)
     try:
         up_mod.check_shell_sandbox(spec)
+        up_mod.check_claude_code(spec)
     except up_mod.UpError as exc:
         fail(str(exc), 2)
     for problem in (up_mod.api_key_problem(spec), up_mod.log_dir_problem(spec)):

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import traceback
+from typing import Any
 
 from decimal import Decimal
 
@@ -50,7 +51,32 @@ def config_for(spec: SwarmSpec, slot: Slot, host: str, redis: RedisTarget, paren
         delegates={name: delegate(spec, name) for name in pool.delegates_to},
         run_defaults=run_defaults(pool),
         batch=pool.batch.model_dump() if pool.batch is not None else None,
+        runtime=pool.runtime,
+        claude_code=claude_code(spec, pool, slot) if pool.runtime == "claude-code" else {},
     )
+
+
+# Claude Code's tools for each of the pool's tool switches
+CLAUDE_CODE_TOOLS = {"read": ("Read",), "write": ("Write",), "edit": ("Edit", "MultiEdit"),
+                     "list": ("Glob", "LS"), "grep": ("Grep",),
+                     "shell": ("Bash", "BashOutput", "KillShell")}
+WEB_TOOLS = ("WebFetch", "WebSearch")
+
+
+def claude_code(spec: SwarmSpec, pool: Pool, slot: Slot) -> dict[str, Any]:
+    """What a Claude Code worker is told: its tools (the spec's list, else the pool's
+    switches mapped to Claude Code's names), settings sources, and its folder."""
+    chosen = pool.claude_code
+    if chosen.tools is not None:
+        tools = [t for t in chosen.tools if chosen.web or t not in WEB_TOOLS]
+    else:
+        switches = pool.tools.model_dump()
+        tools = [t for name, names in CLAUDE_CODE_TOOLS.items() if switches.get(name)
+                 for t in names]
+    if chosen.web:
+        tools += [t for t in WEB_TOOLS if t not in tools]
+    return {"tools": tools, "settings": list(chosen.settings),
+            "home": str(spec.state_dir / spec.name / "claude" / slot.name)}
 
 
 def delegate(spec: SwarmSpec, name: str) -> Delegate:

@@ -8,70 +8,22 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from launcher.units import parse_duration, parse_size
-
-# Durations (500ms, 5s, 2m) and sizes (512MB, 1GiB) as the spec's field types.
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h)?)+\s*$"},
-            ],
-            "description": "seconds, or a duration like 500ms, 5s, 2m, 1h30m",
-        }
-    ),
-]
-
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "integer", "minimum": 0},
-                {"type": "string",
-                 "pattern": r"^\s*\d+(\.\d+)?\s*([KkMmGgTt][Ii]?[Bb]?|[Bb])?\s*$"},
-            ],
-            "description": "bytes, or a size like 512MB (powers of 1000) or 1GiB (powers of 1024)",
-        }
-    ),
-]
-
+from launcher.spec_types import Batch, ClaudeCode, Count, Duration, Size, _Model
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("must be a whole number")
-    return value
-
-
-Count = Annotated[int, BeforeValidator(_not_bool)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
 
 class Heartbeat(_Model):
@@ -188,20 +140,6 @@ class RunLimits(_Model):
     max_in_flight: Count = Field(10, ge=1, le=100_000, description="tasks running at once")
 
 
-class Batch(_Model):
-    """A pool's requests through the Message Batches API: half price, answers within
-    24 hours (most within one)."""
-
-    window: Duration = Field(2.0, gt=0, description="how long a worker gathers its tasks' "
-                             "requests into one batch")
-    max_requests: Count = Field(10_000, ge=1, le=100_000, description="requests per batch")
-    poll: Duration = Field(10.0, gt=0, description="the first wait before asking whether a "
-                           "batch ended; then a tenth of its age, up to poll_max")
-    poll_max: Duration = Field(300.0, gt=0)
-    retries: Count = Field(2, ge=0, le=20, description="sends again of a request that came "
-                           "back errored, expired or canceled")
-
-
 class Pool(_Model):
     model: str = Field(min_length=1, description="the Claude model id")
     role: Literal["worker", "lead", "librarian"] = Field(
@@ -240,6 +178,10 @@ class Pool(_Model):
     tools: Tools = Field(default_factory=Tools)
     budget_usd: float | None = Field(None, gt=0, description="no new task once this pool spent it")
     max_cost_usd: float | None = Field(None, gt=0, description="a task spending this fails")
+    runtime: Literal["builtin", "claude-code"] = Field(
+        "builtin", description="what runs a task: swarm's own agent loop, or Claude Code "
+        "(pip install 'swarm[claude-code]'), metered and sandboxed by its worker")
+    claude_code: ClaudeCode = Field(default_factory=ClaudeCode)
     batch: Batch | None = Field(None, description="true (or settings): each turn's request "
                                 "goes through the Message Batches API at half price; "
                                 "task_timeout then defaults to 24h, concurrency to 1000")

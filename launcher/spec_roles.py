@@ -19,6 +19,11 @@ def role_problems(spec: SwarmSpec) -> Iterator[tuple[tuple[str, ...], str]]:
         if pool.batch is not None and pool.role != "worker":
             yield at + ("batch",), ("is for worker pools: a lead or librarian answers while "
                                     "someone waits")
+        if pool.runtime == "claude-code" and pool.role != "worker":
+            yield at + ("runtime",), "claude-code runs worker pools' tasks only"
+        elif pool.runtime == "claude-code" and pool.batch is not None:
+            yield at + ("batch",), ("Claude Code makes its own calls, one at a time: "
+                                    "they cannot wait in batches")
         if pool.role == "lead":
             if not pool.delegates_to:
                 yield at + ("delegates_to",), "a lead needs the worker pools it hands tasks to"

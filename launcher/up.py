@@ -53,6 +53,19 @@ def check_shell_sandbox(spec: SwarmSpec) -> None:
                     "false to run them unsandboxed, as the worker's user (see README)")
 
 
+def check_claude_code(spec: SwarmSpec) -> None:
+    """A pool whose tasks run in Claude Code needs claude-agent-sdk and a sandbox for
+    the CLI (it is never run unsandboxed): say so now, in one line."""
+    from workers import claude_code, sandbox
+
+    for name, pool in spec.pools.items():
+        if pool.runtime != "claude-code":
+            continue
+        problem = claude_code.missing() or sandbox.probe()
+        if problem:
+            raise UpError(f"{spec.source}: pools.{name}.runtime: {problem}")
+
+
 LOG_OWNER = ".swarm-owner"  # in a log folder: the swarm whose supervisor writes there
 
 

@@ -22,7 +22,7 @@ CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
 log = logging.getLogger("swarm.worker")
 
 
-def make_agent(cfg: WorkerConfig, redis: Any) -> Agent | Lead:
+def make_agent(cfg: WorkerConfig, redis: Any) -> Any:
     """The agent of this process (a lead, in a lead pool): its SDK client, its ledger
     and its limits."""
     prices = price_book(cfg)
@@ -47,6 +47,10 @@ def make_agent(cfg: WorkerConfig, redis: Any) -> Agent | Lead:
                       CACHE_TTL_S[cfg.cache_ttl])
     if cfg.role == "lead":
         return Lead(client, cfg, redis, Caller(client, ledger, cfg.max_tokens, gate), prices)
+    if cfg.runtime == "claude-code":
+        from workers.claude_code import CodeAgent
+
+        return CodeAgent(cfg, ledger, limit)
     caller = None
     if cfg.batch is not None:
         from workers.batch_caller import BatchCaller

@@ -4,6 +4,7 @@ handed over across fork, so the worker never reads the spec itself."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from workers.jail import Fence
 from workers.redis_target import RedisTarget
@@ -60,6 +61,11 @@ class WorkerConfig:
     # a lead's: the pools it may hand tasks to, and their worst case per task
     delegates: dict[str, Delegate] = field(default_factory=dict)
     run_defaults: dict[str, int] = field(default_factory=dict)  # budget_nano, max_tasks...
+    # "claude-code": tasks run in Claude Code (workers/claude_code.py), with these
+    # settings: tools (its tool names), settings (sources), home (this worker's folder
+    # for its config and temp files, under the state folder)
+    runtime: str = "builtin"
+    claude_code: dict[str, Any] = field(default_factory=dict)
     # a batch pool's: window, max_requests, poll, poll_max, retries (None: not batched)
     batch: dict[str, float] | None = None
 

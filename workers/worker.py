@@ -135,6 +135,8 @@ class Worker:
             if librarian and librarian.jobs:
                 await asyncio.wait(set(librarian.jobs), timeout=self.cfg.stop_grace)
             beating.cancel()
+            if hasattr(runner.agent, "stop"):
+                await runner.agent.stop()
             await self._say_goodbye()
             return EXIT_OK
         finally:
@@ -156,8 +158,14 @@ class Worker:
             except Exception:
                 log.exception("on_start hook %s failed", self.cfg.on_start)
                 return None
-        runner = TaskRunner(self.cfg, self.redis, self.report,
-                            make_agent(self.cfg, self.redis), self.toolbox)
+        agent = make_agent(self.cfg, self.redis)
+        if hasattr(agent, "start"):  # Claude Code's: its proxy and sandbox
+            try:
+                await agent.start()
+            except Exception:
+                log.exception("cannot start the %s runtime", self.cfg.runtime)
+                return None
+        runner = TaskRunner(self.cfg, self.redis, self.report, agent, self.toolbox)
         await runner.ensure_group()
         self.report.state = WorkerState.IDLE
         if not await self._beat():  # no delivery is read before our lease exists
