@@ -24,9 +24,9 @@ from workers import keys
 pytest.importorskip("claude_agent_sdk")
 
 
-def cc_pool(name: str = "cc", workers: int = 1, extra: str = "") -> str:
+def cc_pool(name: str = "cc", workers: int = 1, extra: str = "", concurrency: int = 4) -> str:
     return pool(name, workers=workers, model=MODEL, extra=(
-        "runtime: claude-code\nworkdir: work\nconcurrency: 4\n" + extra))
+        f"runtime: claude-code\nworkdir: work\nconcurrency: {concurrency}\n" + extra))
 
 
 def submit(swarm, texts: list[str], pool_name: str = "cc") -> list[str]:
@@ -91,3 +91,108 @@ def test_a_task_writes_a_file_through_claude_code_and_the_ledger_is_the_bill(
     # its config and temp files are in the worker's folder under the state folder
     home = swarm.folder / ".swarm" / "t" / "claude" / "cc-1"
     assert (home / "config").is_dir() and any((home / "config").iterdir())
+
+
+ESCAPES = [
+    # (directive, what must stay true)
+    ("write /etc/swarm-escape.txt: pwned",
+     lambda root: not os.path.exists("/etc/swarm-escape.txt")),
+    ("write ../outside.txt: pwned", lambda root: not (root.parent / "outside.txt").exists()),
+    ("write swarm.yaml: pwned", lambda root: "pwned" not in (root / "swarm.yaml").read_text()),
+    ("write .swarm/t/stolen.txt: pwned", lambda root: not (root / ".swarm/t/stolen.txt").exists()),
+    ("run: ln -s /etc/hostname link && echo pwned > link",
+     lambda root: "pwned" not in open("/etc/hostname").read()),
+    ("run: echo pwned > /tmp/swarm-cc-escape",
+     lambda root: not os.path.exists("/tmp/swarm-cc-escape")),
+]
+
+
+def test_claude_code_cannot_escape_its_workdir_or_reach_swarms_secrets(
+        make_swarm, fake_api, tmp_path):
+    """The escape table of the built-in tools, through Claude Code's Write and Bash
+    tools, with the workdir being the spec's own folder (the state folder, the spec and
+    the logs inside it): every write out is refused, and neither the API key nor the
+    Redis password is anywhere the commands can read."""
+    fake_api.script = claude_code_script
+    spec = fast_spec(pool("cc", model=MODEL, extra=(
+        "runtime: claude-code\nworkdir: .\nconcurrency: 8\ntools: {shell: true}\n")))
+    swarm = make_swarm(spec, env=api_env(fake_api, key="sk-ant-real-secret-key")).start()
+    ids = submit(swarm, [d for d, _ in ESCAPES] + [
+        "run: env; cat /proc/1/environ | tr '\\0' '\\n'; ls -a .swarm; ls /claude",
+        "run: cat .swarm/t/redis.json .swarm/t/redis.pass logs/cc-1.log 2>&1 | head -c 300"])
+    wait_for(lambda: finished(swarm, ids), 120, "every task")
+    found = findings_of(swarm, ids)
+    for (directive, holds), f in zip(ESCAPES, found):
+        assert holds(tmp_path), directive
+        assert f["status"] == "done"
+    password = (swarm.state.path / "redis.pass").read_text().strip() \
+        if (swarm.state.path / "redis.pass").exists() else None
+    said = found[-2]["result"] + found[-1]["result"]
+    assert "ANTHROPIC_API_KEY=swarm-" in said  # the proxy's token, not the key
+    assert "sk-ant-real-secret-key" not in said
+    assert password is None or password not in said
+    listed = found[-2]["result"].splitlines()
+    assert "redis.json" not in listed and "t" not in listed  # .swarm is empty inside
+    assert assert_ledger_is_the_bill(swarm, fake_api)["calls"] == 2 * len(ids)
+
+
+def test_no_process_outlives_a_killed_worker_a_timeout_or_a_cancel(make_swarm, fake_api, work):
+    """The CLI and the shells its Bash tool started die with their task: when the
+    worker is SIGKILLed (the task then runs again), when the task times out, when it is
+    cancelled."""
+    fake_api.script = claude_code_script
+    swarm = make_swarm(fast_spec(cc_pool(extra="tools: {shell: true}\ntask_timeout: 6s\n")),
+                       env=api_env(fake_api)).start()
+    [killed] = submit(swarm, ["run: sh -c 'sleep 3' swarm-cc-sleep"])
+    wait_for(lambda: cli_processes(), 60, "the Bash tool's shell")
+    first = {p.pid for p in cli_processes()}
+    os.kill(swarm.worker_pids()["t/" + swarm.status()["host"] + "/cc-1"], signal.SIGKILL)
+    wait_for(lambda: not first & {p.pid for p in cli_processes()}, 10,
+             "the killed worker's CLI and shell to be gone")
+    wait_for(lambda: finished(swarm, [killed]), 90, "the task, run again")
+    [f] = findings_of(swarm, [killed])
+    assert f["status"] == "done" and f["generation"] == 2
+    [timed_out, cancelled] = submit(swarm, ["run: sh -c 'sleep 60' swarm-cc-sleep",
+                                            "run: sh -c 'sleep 61' swarm-cc-sleep"])
+    wait_for(lambda: len(cli_processes()) >= 4, 60, "both tasks' shells")
+    assert swarm.cli("cancel", cancelled).returncode == 0
+    wait_for(lambda: finished(swarm, [timed_out, cancelled]), 60, "both to end")
+    f_time, f_cancel = findings_of(swarm, [timed_out, cancelled])
+    assert f_time["error"] == "task timeout after 6s"
+    assert f_cancel["status"] == "cancelled"
+    wait_for(lambda: not cli_processes(), 10, "every CLI and shell to be gone")
+    assert swarm.redis().hlen(keys.inflight("t")) == 0
+
+
+def test_the_ledger_is_the_bill_with_faults_and_a_rate_limit_holds_across_workers(
+        make_swarm, fake_api, work):
+    """429/529/500 answers are retried by the CLI; the proxy withdraws them (not billed)
+    and a 429 holds every worker back. rpm 60 is one call a second swarm-wide: however
+    slow the machine, no second of the fake's clock sees more than two calls arrive."""
+    arrivals: list[float] = []
+
+    def script(request):
+        arrivals.append(time.monotonic())
+        return claude_code_script(request)
+
+    fake_api.script = script
+    fake_api.faults = Faults(rate=0.25, statuses=(429, 529, 500), seed=5)
+    fake_api.retry_after = 0.01
+    # one task at a time each: both workers have tasks in flight
+    spec = fast_spec(cc_pool(workers=2, concurrency=1),
+                     extra=f"rate_limits:\n  {MODEL}: {{rpm: 60}}\n")
+    swarm = make_swarm(spec, env=api_env(fake_api)).start()
+    ids = submit(swarm, [f"write f{i}.txt: {i}" for i in range(6)])
+    wait_for(lambda: finished(swarm, ids), 180, "every task")
+    assert all(f["status"] == "done" for f in findings_of(swarm, ids))
+    assert sum(fake_api.errors().values()) > 0, "no faults were injected"
+    total = assert_ledger_is_the_bill(swarm, fake_api)
+    assert total["calls"] == 12 and total.get("lost_calls", 0) == 0
+    host = swarm.status()["host"]
+    assert {f["worker_id"] for f in findings_of(swarm, ids)} == {f"t/{host}/cc-1",
+                                                               f"t/{host}/cc-2"}
+    # a call admitted is on its way; two may arrive close together, never the next
+    # second's as well, and over the run no more than one a second
+    arrivals.sort()
+    assert all(sum(1 for b in arrivals if a <= b < a + 1.0) <= 3 for a in arrivals), arrivals
+    assert arrivals[-1] - arrivals[0] >= 0.95 * (len(arrivals) - 2), arrivals
