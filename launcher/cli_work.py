@@ -229,8 +229,12 @@ def cost(
     if as_json:
         print_json({"swarm": api.name, "by": by, "since_seconds": seconds,
                     "reference_model": reference, "price_source": source,
+                    "covered_by_subscription": report.get("subscription", []),
                     "rows": [r.as_dict() for r in rows]})
     elif as_csv:
         sys.stdout.write(costs.to_csv(rows))
     else:
         out.print(costs.render(rows, reference, source, by))
+        for pool in report.get("subscription", []):
+            out.print(f"pool {pool}: covered by a Claude subscription (CLAUDE_CODE_OAUTH_TOKEN): "
+                      "its figures are list prices for its tokens, not a bill")

@@ -261,7 +261,8 @@ class Swarm(Control, RunsAndFindings):
         else:
             rows = costs.rows_by(costs.read_counters(self.redis, self.name, since), by)
         return {"rows": rows, "reference_model": meta.get("reference_model", ""),
-                "price_source": meta.get("price_source", "unknown")}
+                "price_source": meta.get("price_source", "unknown"),
+                "subscription": [p for p in meta.get("subscription", "").split(",") if p]}
 
     def tasks(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The newest tasks first, optionally only those in ``state`` ('failed' includes

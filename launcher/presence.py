@@ -18,6 +18,7 @@ from launcher.spec import SwarmSpec
 from launcher.state import pid_alive, process_started
 from workers import keys
 from workers.pricing import source as price_source_of
+from launcher.up import subscription_pools
 
 
 class HostTaken(Exception):
@@ -91,6 +92,7 @@ class Presence:
             "reference_model": self.reference_model or "",
             "price_source": price_source(sorted(self.spec.prices)),
             "redis": "embedded" if self.embedded else "external",
+            "subscription": ",".join(subscription_pools(self.spec)),
         })
         pipe.execute()
 

@@ -196,3 +196,59 @@ def test_the_ledger_is_the_bill_with_faults_and_a_rate_limit_holds_across_worker
     arrivals.sort()
     assert all(sum(1 for b in arrivals if a <= b < a + 1.0) <= 3 for a in arrivals), arrivals
     assert arrivals[-1] - arrivals[0] >= 0.95 * (len(arrivals) - 2), arrivals
+
+
+def test_signed_in_with_a_subscription_the_tokens_are_counted_at_list_price(
+        make_swarm, fake_api, work):
+    """With CLAUDE_CODE_OAUTH_TOKEN and no API key, the proxy sends the subscription's
+    token upstream (the fake takes nothing else), the ledger counts every token at list
+    price, and `swarm cost` says the subscription covers the pool."""
+    fake_api.script = claude_code_script
+    fake_api.api_key = "sk-ant-oat-subscription"
+    env = {**api_env(fake_api), "ANTHROPIC_API_KEY": "",
+           "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat-subscription"}
+    swarm = make_swarm(fast_spec(cc_pool()), env=env).start()
+    ids = submit(swarm, ["write paid.txt: by the month"])
+    wait_for(lambda: finished(swarm, ids), 120, "the task")
+    [f] = findings_of(swarm, ids)
+    assert f["status"] == "done" and (work / "paid.txt").read_text() == "by the month"
+    total = assert_ledger_is_the_bill(swarm, fake_api)
+    assert total["nano"] == f["cost_nano_usd"] > 0
+    shown = swarm.cli("cost").stdout
+    assert "pool cc: covered by a Claude subscription (CLAUDE_CODE_OAUTH_TOKEN)" in shown
+    as_json = json.loads(swarm.cli("cost", "--json").stdout)
+    assert as_json["covered_by_subscription"] == ["cc"]
+
+
+def test_a_lead_hands_a_task_to_a_claude_code_pool(make_swarm, fake_api, work):
+    """`swarm run`: the lead's hand-out runs in Claude Code like any task; its finding
+    (in the seed's format) comes back to the lead, which cites it."""
+    from tests.harness import lead_script as ls
+
+    def script(request):
+        if not ls.is_lead(request):
+            return claude_code_script(request)
+        seen = ls.findings_shown(request)
+        if len(request["messages"]) == 1:
+            return ls.hand_out(("write lead-made.txt: from the lead", "that it is written"))
+        if not seen:
+            return ls.wait()
+        return ls.synthesis("The file is written.", list(seen))
+
+    fake_api.script = script
+    lead = pool("lead", model=MODEL, extra="role: lead\ndelegates_to: [cc]\nconcurrency: 2\n"
+                "task_timeout: 5m\n")
+    swarm = make_swarm(fast_spec(cc_pool() + lead), env=api_env(fake_api)).start()
+    from launcher.client import Swarm as Api
+
+    api = Api("t", swarm.redis())
+    run_id = api.run("have a file written")
+    info = api.wait_run(run_id, timeout=120)
+    assert info["state"] == "done", info
+    assert (work / "lead-made.txt").read_text() == "from the lead"
+    [task] = info["tasks"]
+    [f] = findings_of(swarm, [task["id"]])
+    assert f["pool"] == "cc" and f["status"] == "done"
+    assert f["files_changed"] == ["lead-made.txt"] and f["tool_calls"] == 1
+    assert f["finding_id"] in info["result"]["citations"]
+    assert_ledger_is_the_bill(swarm, fake_api)

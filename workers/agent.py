@@ -36,7 +36,7 @@ from workers.tools import HandBack, Toolbox, ToolError
 MAX_CONTINUATIONS = 2  # of an answer cut off at max_tokens
 CONVERSATION_CACHE = {"type": "ephemeral"}  # 5 minutes: the turns come seconds apart
 
-_FINDING_ID = re.compile(r"\bfinding_[0-9a-f]{8,32}\b")
+FINDING_ID = re.compile(r"\bfinding_[0-9a-f]{8,32}\b")
 
 # The API's spend-limit errors are 429s the SDK raises as subclasses of RateLimitError.
 def _spend_limit_errors() -> tuple[type[BaseException], ...]:
@@ -97,7 +97,7 @@ class Agent:
         with api_errors(outcome):
             await self._turns(task, toolbox, context, task_id, outcome, run_context)
         outcome.files_changed = sorted(toolbox.files_changed)
-        outcome.citations = sorted(set(_FINDING_ID.findall(task.description + outcome.result))
+        outcome.citations = sorted(set(FINDING_ID.findall(task.description + outcome.result))
                                    | toolbox.findings_read)
         return outcome
 

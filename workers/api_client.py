@@ -26,7 +26,10 @@ def make_agent(cfg: WorkerConfig, redis: Any) -> Any:
     """The agent of this process (a lead, in a lead pool): its SDK client, its ledger
     and its limits."""
     prices = price_book(cfg)
-    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+    credentials = ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]
+    if cfg.runtime == "claude-code":  # a Claude subscription's token will do for it
+        credentials.append("CLAUDE_CODE_OAUTH_TOKEN")
+    if not any(os.environ.get(name) for name in credentials):
         reason = "ANTHROPIC_API_KEY is not set: set it in the environment of `swarm up`"
         log.error(reason)
         if cfg.role == "lead":

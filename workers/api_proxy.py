@@ -116,6 +116,9 @@ class _Exchange:
         return await self.send(status, [("content-type", "application/json")], body.encode())
 
 
+OAUTH_BETA = "oauth-2025-04-20"
+
+
 class MeteredProxy:
     """The proxy of one worker process. ``ledgers`` gives the Ledger of a model, called
     once per model (a dict's ``get`` will do; a model without one is refused). ``http``
@@ -123,9 +126,13 @@ class MeteredProxy:
 
     def __init__(self, upstream: str, ledgers: Callable[[str], Ledger | None],
                  http: httpx2.AsyncClient, *,
-                 api_key: str | None = None, auth_token: str | None = None) -> None:
+                 api_key: str | None = None, auth_token: str | None = None,
+                 oauth: bool = False) -> None:
         if not (api_key or auth_token):
             raise ValueError("the proxy needs the real API key or auth token")
+        # a Claude subscription's token (CLAUDE_CODE_OAUTH_TOKEN) goes as a bearer token
+        # with the beta the API asks of OAuth callers, as Claude Code itself sends it
+        self._beta = OAUTH_BETA if oauth else ""
         self.upstream = upstream.rstrip("/")
         self.http = http
         self._credentials = {"x-api-key": api_key} if api_key else {}
@@ -216,6 +223,9 @@ class MeteredProxy:
 
     def _upstream(self, ex: _Exchange) -> httpx2.Request:
         headers = {k: v for k, v in ex.headers.items() if k not in _REQUEST_DROP}
+        if self._beta:
+            said = headers.get("anthropic-beta", "")
+            headers["anthropic-beta"] = f"{said},{self._beta}" if said else self._beta
         return self.http.build_request("POST", self.upstream + ex.target, content=ex.body,
                                        headers={**headers, **self._credentials},
                                        timeout=TIMEOUT)

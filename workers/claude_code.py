@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from workers.agent import Outcome, _user_text
+from workers.agent import FINDING_ID, Outcome, _user_text
 from workers.config import WorkerConfig
 from workers.ledger import Ledger
 from workers.payload import Task
@@ -123,9 +123,12 @@ class CodeAgent:
                                   limits=httpx2.Limits(max_connections=1000,
                                                        max_keepalive_connections=100))
         upstream = os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+        key = os.environ.get("ANTHROPIC_API_KEY") or None
+        token = os.environ.get("ANTHROPIC_AUTH_TOKEN") or None
+        oauth = os.environ.get("CLAUDE_CODE_OAUTH_TOKEN") or None
         self.proxy = MeteredProxy(upstream, {self.cfg.model: self.ledger}.get, http,
-                                  api_key=os.environ.get("ANTHROPIC_API_KEY") or None,
-                                  auth_token=os.environ.get("ANTHROPIC_AUTH_TOKEN") or None)
+                                  api_key=key, auth_token=token or (oauth if not key else None),
+                                  oauth=bool(oauth and not key and not token))
         url = await self.proxy.start()
         self.cli = prepare(self.cfg, url)
         log.info("Claude Code runtime: metering proxy at %s, tools %s", url,
@@ -165,6 +168,7 @@ class CodeAgent:
                 outcome.error = (f"{outcome.error or 'failed'} ({meter.refused} call(s) "
                                  "refused: the task's cost limit)")
         toolbox.files_changed.update(outcome.files_changed)  # the runner reports these
+        outcome.citations = sorted(set(FINDING_ID.findall(task.description + outcome.result)))
         return outcome
 
     def _read(self, message: Any, outcome: Outcome) -> None:

@@ -18,7 +18,7 @@ PYTHON = sys.executable
 SWARM_CLI = [PYTHON, "-P", "-m", "launcher.cli"]
 # never the developer's own API key, endpoint, Redis or host name
 _PRIVATE = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
-            "SWARM_REDIS_URL", "SWARM_HOST")
+            "CLAUDE_CODE_OAUTH_TOKEN", "SWARM_REDIS_URL", "SWARM_HOST")
 
 
 def checkout_env(extra: dict[str, str] | None = None) -> dict[str, str]:
