@@ -18,7 +18,7 @@ from launcher.spec import SwarmSpec
 from launcher.state import pid_alive, process_started
 from workers import keys
 from workers.pricing import source as price_source_of
-from launcher.up import subscription_pools
+from launcher.spec_roles import subscription_pools
 
 
 class HostTaken(Exception):

@@ -4,7 +4,8 @@ launcher/spec.py reports the first problem with its file and line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 
 from launcher.spec_model import RunLimits, SwarmSpec
 
@@ -66,3 +67,16 @@ def role_problems(spec: SwarmSpec) -> Iterator[tuple[tuple[str, ...], str]]:
     if pools[str(spec.default_pool)].role != "worker":
         yield ("default_pool",), (f"{spec.default_pool!r} is a lead pool; tasks without a "
                                   "pool go to a worker pool")
+
+
+SUBSCRIPTION = "CLAUDE_CODE_OAUTH_TOKEN"  # a Claude subscription's, for Claude Code pools
+
+
+def subscription_pools(spec: SwarmSpec, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The Claude Code pools whose calls a Claude subscription pays for: signed in with
+    CLAUDE_CODE_OAUTH_TOKEN and no API key (their cost is then list price, not a bill)."""
+    env = os.environ if environ is None else environ
+    names = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+    return [name for name, pool in spec.pools.items() if pool.runtime == "claude-code"
+            and (env.get(SUBSCRIPTION) or pool.env.get(SUBSCRIPTION))
+            and not any(env.get(n) or pool.env.get(n) for n in names)]

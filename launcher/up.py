@@ -13,7 +13,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ import redis
 from launcher.logfiles import SUPERVISOR_FORMAT, rotating
 from launcher.redis_server import EmbeddedRedis, RedisStartError
 from launcher.spec import Pool, SwarmSpec
+from launcher.spec_roles import SUBSCRIPTION
 from launcher.state import StateDir
 from workers.proc import isolate_imports
 from workers.redis_target import RedisTarget
@@ -113,19 +114,6 @@ def api_key_problem(spec: SwarmSpec, environ: dict[str, str] | None = None) -> s
     return ("ANTHROPIC_API_KEY is not set: every task of pool "
             f"{', '.join(keyless)} would fail; export it (or ANTHROPIC_AUTH_TOKEN) in this "
             "shell, then run `swarm up` again")
-
-
-SUBSCRIPTION = "CLAUDE_CODE_OAUTH_TOKEN"  # a Claude subscription's, for Claude Code pools
-
-
-def subscription_pools(spec: SwarmSpec, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The Claude Code pools whose calls a Claude subscription pays for: signed in with
-    CLAUDE_CODE_OAUTH_TOKEN and no API key (their cost is then list price, not a bill)."""
-    env = os.environ if environ is None else environ
-    names = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
-    return [name for name, pool in spec.pools.items() if pool.runtime == "claude-code"
-            and (env.get(SUBSCRIPTION) or pool.env.get(SUBSCRIPTION))
-            and not any(env.get(n) or pool.env.get(n) for n in names)]
 
 
 def archive_warnings(spec: SwarmSpec) -> list[str]:

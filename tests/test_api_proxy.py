@@ -20,7 +20,9 @@ import pytest
 
 from tests.harness.fake_api import FakeAPI, Faults, stream_events, text_reply
 from workers import keys
-from workers.api_proxy import MeteredProxy, TaskMeter, _usage, _UsageOfStream
+from workers.api_proxy import MeteredProxy, TaskMeter
+from workers.stream_usage import UsageOfStream as _UsageOfStream
+from workers.stream_usage import usage_of as _usage
 from workers.ledger import Ledger
 from workers.pricing import PriceBook, Usage
 from workers.redis_target import RedisTarget

@@ -16,6 +16,7 @@ from workers.config import WorkerConfig
 from workers.ledger import Ledger
 from workers.prefix_gate import PrefixGate
 from workers.pricing import PriceBook, Rates
+from workers.stream_usage import retry_after
 
 CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
 
@@ -79,19 +80,10 @@ def _http_client(cfg: WorkerConfig, ledger: Any) -> Any:
 
     async def on_response(response: Any) -> None:
         if response.status_code == 429:
-            await ledger.cool_down(_retry_after(response.headers))
+            await ledger.cool_down(retry_after(response.headers))
 
     return anthropic.DefaultAsyncHttpxClient(
         limits=httpx2.Limits(max_connections=max(1000, cfg.concurrency * 2),
                              max_keepalive_connections=max(100, cfg.concurrency)),
         event_hooks={"response": [on_response]},
     )
-
-
-def _retry_after(headers: Any) -> float:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        try:
-            return max(0.05, min(60.0, float(headers.get(name)) * scale))
-        except (TypeError, ValueError):
-            continue
-    return 1.0

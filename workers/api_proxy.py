@@ -11,7 +11,7 @@ import asyncio
 import json
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from copy import copy
 from dataclasses import dataclass, field, fields
 from http import HTTPStatus
@@ -21,6 +21,7 @@ import httpx2
 
 from workers.ledger import Call, Ledger
 from workers.pricing import Usage
+from workers.stream_usage import UsageOfStream, json_or_none, miss_reason, retry_after, usage_of
 
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
@@ -231,7 +232,7 @@ class MeteredProxy:
                                        timeout=TIMEOUT)
 
     async def _message(self, task: _Task, ex: _Exchange) -> bool:
-        body = parsed if isinstance(parsed := _json(ex.body), dict) else {}
+        body = parsed if isinstance(parsed := json_or_none(ex.body), dict) else {}
         model, max_tokens = body.get("model"), body.get("max_tokens", 0)
         if not isinstance(model, str) or not isinstance(max_tokens, int):
             return await ex.error(400, "invalid_request_error",
@@ -271,9 +272,9 @@ class MeteredProxy:
                     await metered.ledger.cool_down(retry_after(response.headers))
                 await metered.withdraw()
             body = await response.aread()
-            if status < 400 and isinstance(message := _json(body), dict) and isinstance(
+            if status < 400 and isinstance(message := json_or_none(body), dict) and isinstance(
                     message.get("usage"), dict):
-                await metered.settle(_usage(message["usage"]), miss_reason(message))
+                await metered.settle(usage_of(message["usage"]), miss_reason(message))
             return await ex.send(status, _headers_of(response), body)
         finally:
             await response.aclose()
@@ -282,7 +283,7 @@ class MeteredProxy:
 async def _relay_stream(response: httpx2.Response, metered: _Metered, ex: _Exchange) -> bool:
     """Pass the events on as they come, reading the usage out of them; a stream cut off
     upstream is cut off for the client too (its connection closed mid-body)."""
-    events = _UsageOfStream()
+    events = UsageOfStream()
     ex.writer.write(_head(response.status_code, _headers_of(response)
                           + [("transfer-encoding", "chunked")], ex.keep))
     try:
@@ -291,7 +292,7 @@ async def _relay_stream(response: httpx2.Response, metered: _Metered, ex: _Excha
                 continue  # an empty chunk would end the body
             events.feed(chunk)
             if events.done and not metered.done:
-                await metered.settle(_usage(events.usage or {}), events.miss)
+                await metered.settle(usage_of(events.usage or {}), events.miss)
             if ex.reader.at_eof():  # an HTTP client half-closes only when it leaves
                 raise ConnectionAbortedError("the client went away mid-stream")
             ex.writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -302,80 +303,6 @@ async def _relay_stream(response: httpx2.Response, metered: _Metered, ex: _Excha
     ex.writer.write(b"0\r\n\r\n")
     await ex.writer.drain()
     return ex.keep
-
-
-class _UsageOfStream:
-    """The usage of a message stream, read from its events as they pass and merged as
-    the SDK merges it (anthropic/lib/streaming/_messages.py, accumulate_event): the
-    message_start's message.usage, overwritten by each message_delta's cumulative counts
-    (output_tokens always, the others when present; the cache_creation split stays);
-    message_stop ends the message. Only those events are parsed."""
-
-    WANTED = (b"", b"message_start", b"message_delta", b"message_stop")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self.usage: dict[str, Any] | None = None  # as the API says it
-        self.miss = ""
-        self.done = False
-
-    def feed(self, chunk: bytes) -> None:
-        self._buf += chunk
-        if b"\r" in self._buf:
-            self._buf = self._buf.replace(b"\r\n", b"\n")
-        while (end := self._buf.find(b"\n\n")) >= 0:
-            raw, self._buf = self._buf[:end], self._buf[end + 2:]
-            self._event(raw)
-
-    def _event(self, raw: bytes) -> None:
-        lines = raw.split(b"\n")
-        name = next((ln[6:].strip() for ln in lines if ln.startswith(b"event:")), b"")
-        data = b"\n".join(ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:"))
-        if name not in self.WANTED or not data or self.done:
-            return
-        event = _json(data)
-        kind = event.get("type") if isinstance(event, dict) else None
-        if kind == "message_start" and isinstance(event.get("message"), dict):
-            self.usage = dict(event["message"].get("usage") or {})
-            self.miss = miss_reason(event["message"])
-        elif kind == "message_delta" and self.usage is not None:
-            delta = event.get("usage") or {}
-            self.usage["output_tokens"] = delta.get("output_tokens")
-            for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-                if delta.get(key) is not None:
-                    self.usage[key] = delta[key]
-        elif kind == "message_stop":
-            self.done = self.usage is not None
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _usage(usage: Mapping[str, Any]) -> Usage:
-    split = usage.get("cache_creation") or {}
-    return Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
-                 int(usage.get("cache_creation_input_tokens") or 0),
-                 int(usage.get("cache_read_input_tokens") or 0),
-                 int(split.get("ephemeral_1h_input_tokens") or 0))
-
-
-def miss_reason(message: Mapping[str, Any]) -> str:
-    """Why the API says the request missed the cache (a message's diagnostics), or ''."""
-    diagnostics = message.get("diagnostics")
-    reason = diagnostics.get("cache_miss_reason") if isinstance(diagnostics, dict) else None
-    return str(reason.get("type") or "") if isinstance(reason, dict) else ""
-
-
-def retry_after(headers: Mapping[str, str]) -> float:
-    """Seconds to hold the swarm back after a 429 (as workers/api_client.py reads them)."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        if (value := headers.get(name, "")).replace(".", "", 1).isdigit():
-            return max(0.05, min(60.0, float(value) * scale))
-    return 1.0
 
 
 # --- HTTP/1.1 --------------------------------------------------------------------------

@@ -1,0 +1,748 @@
+"""Claude Code as a worker runtime against the built-in loop: time, CPU, memory and
+request size per task, and how many Claude Code tasks this machine holds at once.
+
+    .venv/bin/python -m bench.claude_code_runtime                  # full size, ~5 min
+    .venv/bin/python -m bench.claude_code_runtime --small          # a quick look, ~1 min
+
+One swarm, one fake Messages API (tests/harness/fake_api.py, in this process), the same
+model (tests.harness.claude_code.MODEL) and the same task for both runtimes: ``write
+out-N.txt: hello``, which the model does with its write tool (Claude Code's ``Write``,
+the built-in loop's ``write_file``), then answers: two API calls per task. Four pools,
+one worker each: ``bi`` (built-in) and ``cc`` (``runtime: claude-code``) at
+``--concurrency`` (4), and ``bi_wide`` / ``cc_wide`` at the widest step of the ramp.
+Claude Code is the real CLI of claude-agent-sdk, run by the worker through its sandbox
+wrapper (``/bin/sh`` exec'ing ``python -I -S workers/_sandbox_init.py``, which forks the
+CLI as pid 1 of its namespaces and waits for it), every call through the worker's
+metering proxy to the fake.
+
+1. Wall time: ``--singles`` tasks one at a time (submit -> result in Redis; the two
+   runtimes interleaved), then ``--batch`` tasks submitted at once to each runtime's
+   pool (first submit -> last result).
+2. CPU per task, over the batch: the worker's own user+system CPU plus its
+   ``children_user``/``children_system`` (what its reaped children, and what they
+   reaped, used: the sandbox's outer process waits for the CLI, the worker for the
+   outer process), read once every CLI of the batch has exited, divided by the tasks.
+   A sampler also reads each live descendant's own CPU every 0.2 s, as a check that the
+   reaped totals hold everything (it misses what a process did after its last sample).
+   The fake API and the supervisor are not counted (the same for both).
+3. Memory per task in flight: the fake holds each task's first call unanswered until
+   N tasks have sent theirs (all N CLIs are then up and waiting), the worker's process
+   tree (psutil ``memory_full_info``: RSS and PSS, every descendant) is read a few
+   times, and the peak minus the same worker idle, divided by N, is the cost of a task
+   in flight. Then the calls are released and the tasks finish.
+4. Request size: the first request of each task of the batch (no tool_result yet), its
+   input tokens as the fake counts them (~4 characters a token: tools, system prompt,
+   messages), the task's own words apart; and what the batch was billed per task
+   (input, cache writes, cache reads, output, and dollars from the ledger).
+5. The ramp: Claude Code tasks held in flight on one worker, N = ``--ramp`` (8, 16,
+   32, 64) as in 3: how long until all N CLIs have sent their first call, memory at
+   that point, time to finish once released. A step is skipped if the previous step's
+   memory per task says it would leave less than 3 GiB available, and a step ends
+   (released) when all N are in, after ``--hold`` seconds, or if available memory falls
+   under 2 GiB. The built-in loop's in-flight memory is read at the widest N too.
+
+Every wait is bounded; the swarm is stopped and its folder removed at the end, and any
+Claude Code process left running (a CLI or its sandbox) is reported and killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from bench._common import MachineLoad, bench_swarm, machine, sigterm_exits, table
+from launcher import costs
+from tests.harness.claude_code import MODEL, claude_code_script
+from tests.harness.fake_api import (
+    FakeAPI,
+    Reply,
+    Request,
+    request_layout,
+    text_reply,
+    tool_use_reply,
+)
+from tests.harness.swarm import SwarmRun, api_env
+from workers import keys
+
+GiB = 2**30
+TASK = "write out-{n}.txt: hello"
+POLL = 0.02
+CLI_MARK = "_bundled/claude"  # in the argv of the CLI and of its sandbox's outer process
+RUNTIMES = {"bi": "built-in", "cc": "claude-code"}
+
+
+# --- the fake model: one script for both runtimes ------------------------------------
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def is_first(request: Request) -> bool:
+    """The first call of a task: no tool_result in it yet."""
+    return not any(b.get("type") == "tool_result" for m in request.get("messages") or []
+                   for b in _blocks(m))
+
+
+def is_claude_code(request: Request) -> bool:
+    return any(isinstance(t, dict) and t.get("name") == "Write"
+               for t in request.get("tools") or [])
+
+
+def builtin_script(request: Request) -> Reply:
+    """``write FILE: TEXT`` with the built-in ``write_file`` tool, then ``done`` and the
+    tool's result (what claude_code_script does for Claude Code)."""
+    messages = request.get("messages") or []
+    results = [b for m in messages for b in _blocks(m) if b.get("type") == "tool_result"]
+    if results:
+        said = results[-1].get("content")
+        said = said if isinstance(said, str) else "".join(
+            b.get("text", "") for b in said or [] if isinstance(b, dict))
+        return text_reply(f"done\n{said}")
+    task = " ".join(b.get("text", "") for b in _blocks(messages[0]) if b.get("type") == "text")
+    name, _, text = task.partition(":")
+    return tool_use_reply("write_file", {"path": name.removeprefix("write ").strip(),
+                                         "content": text.strip()})
+
+
+class Model:
+    """The fake's script. While ``holding``, a task's first call is answered only once
+    ``release`` is set (or after ``hold_max`` s): its CLI stays up, waiting."""
+
+    def __init__(self, hold_max: float) -> None:
+        self.hold_max = hold_max
+        self.holding = False
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.arrived = 0  # first calls received while holding
+
+    def hold(self) -> None:
+        with self._lock:
+            self.arrived = 0
+        self.release.clear()
+        self.holding = True
+
+    def let_go(self) -> None:
+        self.holding = False
+        self.release.set()
+
+    async def __call__(self, request: Request) -> Reply:
+        reply = (claude_code_script(request) if is_claude_code(request)
+                 else builtin_script(request))
+        if self.holding and is_first(request):
+            with self._lock:
+                self.arrived += 1
+            deadline = time.monotonic() + self.hold_max
+            while not self.release.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return reply
+
+
+# --- the swarm -----------------------------------------------------------------------
+
+
+def pool_yaml(name: str, runtime: str, concurrency: int) -> str:
+    extra = "runtime: claude-code\n" if runtime == "cc" else ""
+    return textwrap.dedent(f"""\
+        {name}:
+          model: {MODEL}
+          workers: 1
+          concurrency: {concurrency}
+          workdir: work-{name}
+          task_timeout: 300s
+          heartbeat: {{expiry: 60s, interval: 2s}}
+        """) + textwrap.indent(extra, "  ")
+
+
+def submit(swarm: SwarmRun, pool: str, texts: list[str]) -> list[str]:
+    from launcher.client import Swarm as Api
+
+    return Api(swarm.name, swarm.redis()).submit_many(texts, pool=pool)
+
+
+def wait_results(swarm: SwarmRun, ids: list[str], timeout: float) -> float | None:
+    """Seconds until every task has a result (polled every 20 ms), None past ``timeout``."""
+    r = swarm.redis()
+    names = [keys.task_result(i) for i in ids]
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if all(r.mget(names)):
+            return time.perf_counter() - start
+        time.sleep(POLL)
+    return None
+
+
+def findings(swarm: SwarmRun, ids: list[str]) -> list[dict[str, Any]]:
+    r = swarm.redis()
+    out = []
+    for fid in r.mget([keys.task_result(i) for i in ids]):
+        raw = r.get(keys.finding(fid)) if fid else None
+        out.append(json.loads(raw) if raw else {"status": "missing", "error": "no result"})
+    return out
+
+
+def worker_pid(swarm: SwarmRun, pool: str) -> int:
+    [pid] = [int(row["pid"]) for row in swarm.status()["workers"] if row["pool"] == pool]
+    return pid
+
+
+def children_gone(pid: int, timeout: float = 30.0) -> bool:
+    """Wait (bounded) until the worker has no child process left (every CLI exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not psutil.Process(pid).children(recursive=True):
+                return True
+        except psutil.Error:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+# --- processes: CPU and memory of a worker's tree -----------------------------------
+
+
+def reaped_cpu(pid: int) -> float:
+    """The worker's own CPU seconds plus its reaped children's (and theirs)."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class Sampler:
+    """Every ``every`` s, each live descendant of ``pid``: its own CPU so far (kept per
+    process: the last value seen)."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        self.pid = pid
+        self.last: dict[tuple[int, float], float] = {}  # (pid, create_time) -> CPU s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._done.wait(every):
+            try:
+                procs = psutil.Process(self.pid).children(recursive=True)
+            except psutil.Error:
+                continue
+            for proc in procs:
+                try:
+                    with proc.oneshot():
+                        t = proc.cpu_times()
+                        self.last[(proc.pid, proc.create_time())] = t.user + t.system
+                except psutil.Error:
+                    pass
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join(5)
+        return sum(self.last.values())
+
+
+@dataclass
+class Mem:
+    rss: int = 0
+    pss: int = 0
+    procs: int = 0
+    clis: int = 0
+    by_kind: dict[str, list[int]] = field(default_factory=dict)  # kind -> [PSS of each]
+
+
+def kind_of(proc: psutil.Process, root: int) -> str:
+    if proc.pid == root:
+        return "worker"
+    try:
+        line = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "other"
+    if "_sandbox_init.py" in line:
+        return "sandbox (outer python)"
+    if CLI_MARK in line:
+        return "claude CLI"
+    return "other"
+
+
+def tree_mem(pid: int) -> Mem:
+    mem = Mem()
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return mem
+    for proc in procs:
+        try:
+            info = proc.memory_full_info()
+        except psutil.Error:
+            continue
+        kind = kind_of(proc, pid)
+        pss = getattr(info, "pss", info.rss)
+        mem.rss += info.rss
+        mem.pss += pss
+        mem.procs += 1
+        mem.clis += kind == "claude CLI"
+        mem.by_kind.setdefault(kind, []).append(pss)
+    return mem
+
+
+def idle_mem(pid: int, reads: int = 3) -> Mem:
+    """The idle worker: the smallest of a few reads."""
+    found = []
+    for _ in range(reads):
+        found.append(tree_mem(pid))
+        time.sleep(0.3)
+    return min(found, key=lambda m: m.pss)
+
+
+def available() -> int:
+    return psutil.virtual_memory().available
+
+
+# --- the measurements ------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    wall: float | None
+    cpu: float
+    sampled: float
+    done: int
+    failed: list[str]
+    billed: dict[str, int]
+    cost_nano: int
+    calls: int
+    tree_left: bool
+
+
+def billed_now(fake: FakeAPI) -> dict[str, int]:
+    b = fake.billed()
+    return {k: int(b[k]) for k in ("responses", "input_tokens", "output_tokens",
+                                     "cache_creation_input_tokens", "cache_read_input_tokens")}
+
+
+def run_batch(swarm: SwarmRun, fake: FakeAPI, pool: str, first: int, n: int,
+              timeout: float) -> tuple[Batch, list[str]]:
+    pid = worker_pid(swarm, pool)
+    children_gone(pid)
+    cpu0, bill0 = reaped_cpu(pid), billed_now(fake)
+    sampler = Sampler(pid)
+    t0 = time.perf_counter()
+    ids = submit(swarm, pool, [TASK.format(n=i) for i in range(first, first + n)])
+    waited = wait_results(swarm, ids, timeout)
+    wall = None if waited is None else time.perf_counter() - t0
+    left = not children_gone(pid)
+    sampled = sampler.stop()
+    cpu = reaped_cpu(pid) - cpu0
+    bill1 = billed_now(fake)
+    found = findings(swarm, ids)
+    return Batch(
+        wall=wall, cpu=cpu, sampled=sampled,
+        done=sum(f["status"] == "done" for f in found),
+        failed=[f"{f['status']}: {f.get('error')}" for f in found if f["status"] != "done"],
+        billed={k: bill1[k] - bill0[k] for k in bill0},
+        cost_nano=sum(int(f.get("cost_nano_usd") or 0) for f in found),
+        calls=sum(int(f.get("api_calls") or 0) for f in found),
+        tree_left=left), ids
+
+
+def singles(swarm: SwarmRun, count: int, first: int) -> dict[str, list[float]]:
+    """One task at a time, each runtime in turn (the first of each untimed: a warm-up)."""
+    times: dict[str, list[float]] = {"bi": [], "cc": []}
+    n = first
+    for i in range(count + 1):
+        for pool in ("bi", "cc"):
+            children_gone(worker_pid(swarm, pool))
+            t0 = time.perf_counter()
+            [tid] = submit(swarm, pool, [TASK.format(n=n)])
+            n += 1
+            waited = wait_results(swarm, [tid], 120)
+            if waited is None:
+                raise RuntimeError(f"a single {RUNTIMES[pool]} task took over 120 s")
+            [f] = findings(swarm, [tid])
+            if f["status"] != "done":
+                raise RuntimeError(f"a single {RUNTIMES[pool]} task failed: {f.get('error')}")
+            if i:
+                times[pool].append(time.perf_counter() - t0)
+    return times
+
+
+@dataclass
+class Step:
+    runtime: str
+    n: int
+    arrived: int = 0
+    all_in: float | None = None  # s from submit until every first call arrived
+    peak: Mem = field(default_factory=Mem)
+    idle: Mem = field(default_factory=Mem)
+    finish: float | None = None  # s from release until every result
+    done: int = 0
+    failed: list[str] = field(default_factory=list)
+    cpu: float = 0.0
+    min_available: int = 0
+    note: str = ""
+
+    @property
+    def per_task_pss(self) -> float:
+        return (self.peak.pss - self.idle.pss) / self.n
+
+    @property
+    def per_task_rss(self) -> float:
+        return (self.peak.rss - self.idle.rss) / self.n
+
+
+def in_flight(swarm: SwarmRun, model: Model, pool: str, n: int, first: int, hold: float,
+              floor: int) -> Step:
+    """``n`` tasks held in flight on ``pool``'s worker (see the module's docstring, 3)."""
+    pid = worker_pid(swarm, pool)
+    step = Step(RUNTIMES[pool.split("_")[0]], n)
+    children_gone(pid)
+    step.idle = idle_mem(pid)
+    cpu0 = reaped_cpu(pid)
+    step.min_available = available()
+    model.hold()
+    t0 = time.perf_counter()
+    ids: list[str] = []
+    try:
+        ids = submit(swarm, pool, [TASK.format(n=i) for i in range(first, first + n)])
+        settled = 0
+        while time.perf_counter() - t0 < hold:
+            mem = tree_mem(pid)
+            step.min_available = min(step.min_available, available())
+            if mem.pss > step.peak.pss:
+                step.peak = mem
+            if step.all_in is None and model.arrived >= n:
+                step.all_in = time.perf_counter() - t0
+            if step.all_in is not None:
+                settled += 1
+                if settled >= 3:  # three reads with every task waiting on its call
+                    break
+            if step.min_available < floor:
+                step.note = (f"stopped: available memory fell to "
+                             f"{step.min_available / GiB:.1f} GiB")
+                break
+            time.sleep(0.5)
+        step.arrived = model.arrived
+        if step.all_in is None and not step.note:
+            step.note = f"only {step.arrived} of {n} first calls within {hold:g} s"
+    finally:
+        model.let_go()
+    t1 = time.perf_counter()
+    waited = wait_results(swarm, ids, 180) if ids else None
+    step.finish = None if waited is None else time.perf_counter() - t1
+    if not children_gone(pid):
+        step.note += " (CLI processes still running 30 s after the results)"
+    step.cpu = reaped_cpu(pid) - cpu0
+    found = findings(swarm, ids)
+    step.done = sum(f["status"] == "done" for f in found)
+    step.failed = [f"{f['status']}: {f.get('error')}" for f in found if f["status"] != "done"]
+    return step
+
+
+# --- request sizes ---------------------------------------------------------------------
+
+
+@dataclass
+class Size:
+    tools: int
+    tool_tokens: int
+    system_tokens: int
+    message_tokens: int
+    total: int
+    task_tokens: int
+    bytes_: int
+
+
+def first_request_sizes(requests: list[Request], cc: bool, tasks: set[str]) -> list[Size]:
+    sizes = []
+    for req in requests:
+        if is_claude_code(req) != cc or not is_first(req):
+            continue
+        text = json.dumps(req.get("messages"))
+        task = next((t for t in tasks if t in text), None)
+        if task is None:
+            continue
+        layout = request_layout(req)
+        n_tools = len(req.get("tools") or [])
+        system = req.get("system")
+        n_system = (len(system) if isinstance(system, list) else 1 if system else 0)
+        tools_end = layout.upto(n_tools - 1)
+        system_end = layout.upto(n_tools + n_system - 1)
+        sizes.append(Size(n_tools, tools_end, system_end - tools_end,
+                          layout.total - system_end, layout.total, len(task) // 4,
+                          len(json.dumps(req))))
+    return sizes
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "-"
+    return f"{a / b:.1f}x" if a / b >= 10 else f"{a / b:.2f}x"
+
+
+def mib(num: float) -> str:
+    return f"{num / 2**20:.1f} MiB"
+
+
+def secs(s: float | None) -> str:
+    return "-" if s is None else f"{s:.2f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=20, help="tasks per runtime at once")
+    parser.add_argument("--concurrency", type=int, default=4, help="of the bi and cc pools")
+    parser.add_argument("--singles", type=int, default=5, help="single tasks per runtime")
+    parser.add_argument("--ramp", default="8,16,32,64",
+                        help="Claude Code tasks held in flight, one step each")
+    parser.add_argument("--hold", type=float, default=150.0,
+                        help="seconds a ramp step waits for all its first calls")
+    parser.add_argument("--floor", type=float, default=2.0,
+                        help="GiB of available memory under which a step is ended")
+    parser.add_argument("--small", action="store_true",
+                        help="--batch 8 --singles 2 --ramp 4,8")
+    args = parser.parse_args()
+    if args.small:
+        args.batch, args.singles, args.ramp = 8, 2, "4,8"
+    ramp = [int(x) for x in args.ramp.split(",") if x.strip()]
+    sigterm_exits()
+    print(machine())
+    started = time.perf_counter()
+    before = {p.pid for p in psutil.process_iter() if _is_cli(p)}
+
+    model = Model(hold_max=args.hold + 30)
+    fake = FakeAPI(script=model).start()
+    wide = max(ramp)
+    pools = "".join([pool_yaml("bi", "bi", args.concurrency),
+                     pool_yaml("cc", "cc", args.concurrency),
+                     pool_yaml("bi_wide", "bi", wide), pool_yaml("cc_wide", "cc", wide)])
+    swarm = bench_swarm("ccbench", pools, env=api_env(fake))
+    for name in ("bi", "cc", "bi_wide", "cc_wide"):
+        (swarm.folder / f"work-{name}").mkdir()
+    load = MachineLoad()
+    leftovers: list[str] = []
+    try:
+        swarm.start(timeout=120)
+        print(f"swarm up in {swarm.startup_seconds:.1f} s", file=sys.stderr)
+        n = 0
+
+        print("single tasks ...", file=sys.stderr)
+        single = singles(swarm, args.singles, n)
+        n += 2 * (args.singles + 1)
+
+        print("batches ...", file=sys.stderr)
+        batches: dict[str, Batch] = {}
+        sizes: dict[str, list[Size]] = {}
+        for pool in ("bi", "cc"):
+            seen = len(fake.received())
+            batches[pool], _ = run_batch(swarm, fake, pool, n, args.batch, timeout=300)
+            tasks = {TASK.format(n=i) for i in range(n, n + args.batch)}
+            sizes[pool] = first_request_sizes(fake.received()[seen:], pool == "cc", tasks)
+            n += args.batch
+
+        print("in flight ...", file=sys.stderr)
+        floor = int(args.floor * GiB)
+        steps: list[Step] = []
+        per_task = 0.0
+        for size in ramp:
+            need = per_task * size
+            if per_task and available() - need < 3 * GiB:
+                steps.append(Step("claude-code", size, note=(
+                    f"skipped: ~{need / GiB:.1f} GiB needed, "
+                    f"{available() / GiB:.1f} GiB available")))
+                break
+            print(f"  claude-code x {size} ...", file=sys.stderr)
+            step = in_flight(swarm, model, "cc_wide", size, n, args.hold, floor)
+            n += size
+            steps.append(step)
+            per_task = max(per_task, step.per_task_pss)
+            if step.note:
+                break
+        builtin_steps = []
+        for size in sorted({min(ramp), wide}):
+            print(f"  built-in x {size} ...", file=sys.stderr)
+            builtin_steps.append(in_flight(swarm, model, "bi_wide", size, n, 60, floor))
+            n += size
+
+        # the ledger against the fake's bill, and what runs under the workers now
+        counters = costs.read_counters(swarm.redis(), swarm.name)
+        total = counters.get("total", {}).get("*", {})
+        bill = fake.billed()
+        ledger_ok = (total.get("calls", 0) == bill["responses"]
+                     and total.get("input", 0) == bill["input_tokens"]
+                     and total.get("output", 0) == bill["output_tokens"]
+                     and total.get("cache_write", 0) == bill["cache_creation_input_tokens"]
+                     and total.get("cache_read", 0) == bill["cache_read_input_tokens"])
+        for pool in ("bi", "cc", "bi_wide", "cc_wide"):
+            pid = worker_pid(swarm, pool)
+            if not children_gone(pid, 10):
+                leftovers.append(f"{pool}: {len(psutil.Process(pid).children(True))} "
+                                 "process(es) under the worker after its tasks")
+        elapsed = time.perf_counter() - started
+    finally:
+        model.let_go()
+        swarm.stop()
+        fake.stop()
+    time.sleep(1)
+    stray = [p for p in psutil.process_iter() if _is_cli(p) and p.pid not in before]
+    for proc in stray:
+        leftovers.append(f"pid {proc.pid} still running after the swarm stopped: "
+                         f"{' '.join(proc.cmdline())[:120]}")
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+    report(args, single, batches, sizes, steps, builtin_steps, ledger_ok, total, bill,
+           leftovers, load, elapsed)
+
+
+def _is_cli(proc: psutil.Process) -> bool:
+    try:
+        return CLI_MARK in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def report(args: argparse.Namespace, single: dict[str, list[float]],
+           batches: dict[str, Batch], sizes: dict[str, list[Size]], steps: list[Step],
+           builtin_steps: list[Step], ledger_ok: bool, total: dict[str, int],
+           bill: dict[str, Any], leftovers: list[str], load: MachineLoad,
+           elapsed: float) -> None:
+    bi, cc = batches["bi"], batches["cc"]
+    print(f"\nsettings: model {MODEL}; task {TASK.format(n='N')!r} (one tool call, then "
+          f"an answer); batch {args.batch} tasks per runtime on one worker at concurrency "
+          f"{args.concurrency}; {args.singles} single tasks per runtime (after one "
+          f"warm-up); fake API latency 0; whole run {elapsed:.0f} s")
+    print(load.report())
+
+    print("\n## Per task: Claude Code against the built-in loop\n")
+    rows = []
+    s_bi, s_cc = med(single["bi"]), med(single["cc"])
+    rows.append(["single task, submit -> result (median)", secs(s_bi), secs(s_cc),
+                 ratio(s_cc, s_bi)])
+    rows.append(["single task, min / max",
+                 f"{min(single['bi']):.2f} / {max(single['bi']):.2f} s",
+                 f"{min(single['cc']):.2f} / {max(single['cc']):.2f} s", ""])
+    w_bi = bi.wall / args.batch if bi.wall else None
+    w_cc = cc.wall / args.batch if cc.wall else None
+    rows.append([f"batch of {args.batch}, wall time", secs(bi.wall), secs(cc.wall),
+                 ratio(cc.wall, bi.wall)])
+    rows.append(["batch: wall time per task", secs(w_bi), secs(w_cc), ratio(w_cc, w_bi)])
+    rows.append(["batch: tasks/s", f"{args.batch / bi.wall:.1f}" if bi.wall else "-",
+                 f"{args.batch / cc.wall:.2f}" if cc.wall else "-",
+                 ratio(bi.wall, cc.wall)])
+    c_bi, c_cc = bi.cpu / args.batch, cc.cpu / args.batch
+    rows.append(["CPU per task (worker + reaped children)", f"{c_bi * 1000:.0f} ms",
+                 f"{c_cc * 1000:.0f} ms", ratio(c_cc, c_bi)])
+    rows.append(["  of which descendants, sampled live (check)",
+                 f"{bi.sampled / args.batch * 1000:.0f} ms",
+                 f"{cc.sampled / args.batch * 1000:.0f} ms", ""])
+    m_bi = next((s for s in builtin_steps if s.n == min(x.n for x in builtin_steps)), None)
+    m_cc = next((s for s in steps if s.n == (m_bi.n if m_bi else 0) and s.peak.pss), None)
+    if m_bi and m_cc:
+        rows.append([f"memory per task in flight, PSS ({m_cc.n} at once)",
+                     mib(m_bi.per_task_pss), mib(m_cc.per_task_pss),
+                     ratio(m_cc.per_task_pss, m_bi.per_task_pss)])
+        rows.append([f"memory per task in flight, RSS ({m_cc.n} at once)",
+                     mib(m_bi.per_task_rss), mib(m_cc.per_task_rss),
+                     ratio(m_cc.per_task_rss, m_bi.per_task_rss)])
+    wide_bi = max(builtin_steps, key=lambda s: s.n, default=None)
+    wide_cc = next((s for s in steps if wide_bi and s.n == wide_bi.n and s.peak.pss), None)
+    if wide_bi and wide_cc and wide_bi is not m_bi:
+        rows.append([f"memory per task in flight, PSS ({wide_cc.n} at once)",
+                     mib(wide_bi.per_task_pss), mib(wide_cc.per_task_pss),
+                     ratio(wide_cc.per_task_pss, wide_bi.per_task_pss)])
+    z_bi, z_cc = sizes["bi"], sizes["cc"]
+    if z_bi and z_cc:
+        t_bi, t_cc = med([z.total for z in z_bi]), med([z.total for z in z_cc])
+        rows.append(["first request: input tokens (median)", f"{t_bi:,.0f}", f"{t_cc:,.0f}",
+                     ratio(t_cc, t_bi)])
+        o_bi = med([z.total - z.task_tokens for z in z_bi])
+        o_cc = med([z.total - z.task_tokens for z in z_cc])
+        rows.append(["  of which before the task's own words", f"{o_bi:,.0f}",
+                     f"{o_cc:,.0f}", ratio(o_cc, o_bi)])
+        rows.append(["  tools (count) / system / messages, tokens",
+                     f"{med([z.tool_tokens for z in z_bi]):,.0f} "
+                     f"({z_bi[0].tools}) / {med([z.system_tokens for z in z_bi]):,.0f} / "
+                     f"{med([z.message_tokens for z in z_bi]):,.0f}",
+                     f"{med([z.tool_tokens for z in z_cc]):,.0f} "
+                     f"({z_cc[0].tools}) / {med([z.system_tokens for z in z_cc]):,.0f} / "
+                     f"{med([z.message_tokens for z in z_cc]):,.0f}", ""])
+        rows.append(["  request body, JSON", f"{med([z.bytes_ for z in z_bi]) / 1024:.1f} KiB",
+                     f"{med([z.bytes_ for z in z_cc]) / 1024:.1f} KiB",
+                     ratio(med([z.bytes_ for z in z_cc]), med([z.bytes_ for z in z_bi]))])
+    for label, key in (("billed per task: input", "input_tokens"),
+                       ("billed per task: cache writes", "cache_creation_input_tokens"),
+                       ("billed per task: cache reads", "cache_read_input_tokens"),
+                       ("billed per task: output", "output_tokens")):
+        a, b = bi.billed[key] / args.batch, cc.billed[key] / args.batch
+        rows.append([label, f"{a:,.0f}", f"{b:,.0f}", ratio(b, a)])
+    rows.append(["API calls per task (fake's count / findings')",
+                 f"{bi.billed['responses'] / args.batch:g} / {bi.calls / args.batch:g}",
+                 f"{cc.billed['responses'] / args.batch:g} / {cc.calls / args.batch:g}", ""])
+    d_bi, d_cc = bi.cost_nano / args.batch / 1e9, cc.cost_nano / args.batch / 1e9
+    rows.append(["cost per task (ledger)", f"${d_bi:.5f}", f"${d_cc:.5f}", ratio(d_cc, d_bi)])
+    rows.append(["tasks done", f"{bi.done}/{args.batch}", f"{cc.done}/{args.batch}", ""])
+    print(table(["per task", "built-in", "claude-code", "claude-code / built-in"], rows))
+
+    print("\n## Claude Code tasks in flight on one worker (first calls held)\n")
+    rows = []
+    for s in [*steps, *builtin_steps]:
+        if not s.peak.pss:
+            rows.append([s.runtime, s.n, "-", "-", "-", "-", "-", "-", "-", "-", s.note])
+            continue
+        kinds = ", ".join(f"{k} {len(v)} x {mib(statistics.median(v))}"
+                          for k, v in sorted(s.peak.by_kind.items()) if k != "worker")
+        rows.append([
+            s.runtime, s.n, f"{s.arrived}/{s.n}", secs(s.all_in),
+            f"{s.n / s.all_in:.1f}" if s.all_in else "-",
+            f"{mib(s.peak.pss)} / {mib(s.peak.rss)}",
+            f"{mib(s.per_task_pss)} / {mib(s.per_task_rss)}",
+            f"{s.cpu / s.n * 1000:.0f} ms", secs(s.finish),
+            f"{s.done}/{s.n}; min avail {s.min_available / GiB:.1f} GiB",
+            "; ".join(x for x in [kinds, s.note] if x)])
+    print(table(["runtime", "N", "first calls in", "all N in flight after", "tasks up/s",
+                 "worker tree PSS / RSS at peak", "per task PSS / RSS (minus idle)",
+                 "CPU per task", "released -> all done", "done", "processes at peak"],
+                rows))
+    idle = steps[0].idle if steps and steps[0].peak.pss else None
+    if idle:
+        print(f"\nidle claude-code worker: PSS {mib(idle.pss)}, RSS {mib(idle.rss)}")
+    if builtin_steps:
+        print(f"idle built-in worker: PSS {mib(builtin_steps[0].idle.pss)}, "
+              f"RSS {mib(builtin_steps[0].idle.rss)}")
+    print(f"\nledger vs the fake's bill (whole run): {'equal' if ledger_ok else 'DIFFERENT'} "
+          f"(calls {total.get('calls', 0)} / {bill['responses']}, input "
+          f"{total.get('input', 0)} / {bill['input_tokens']}, cache writes "
+          f"{total.get('cache_write', 0)} / {bill['cache_creation_input_tokens']}, cache "
+          f"reads {total.get('cache_read', 0)} / {bill['cache_read_input_tokens']}, output "
+          f"{total.get('output', 0)} / {bill['output_tokens']})")
+    failed = bi.failed + cc.failed + [f for s in [*steps, *builtin_steps] for f in s.failed]
+    if failed:
+        print(f"failed tasks: {len(failed)}; first: {failed[:3]}")
+    print("leftover processes: " + ("; ".join(leftovers) if leftovers else "none"))
+    if bi.tree_left or cc.tree_left:
+        print("note: a batch's worker still had children 30 s after its last result")
+
+
+if __name__ == "__main__":
+    main()
