@@ -265,12 +265,11 @@ def memory_run(n: int, step: int, bound: float, args: argparse.Namespace) -> dic
     submitted ``step`` at a time (each step once the requests before it wait in batches),
     until ``swarm status`` shows ``n`` requests waiting (within ``bound`` seconds); then
     the worker's memory, against its memory idle before the first task."""
-    batch = f"{{window: {args.window}, max_requests: 10000, poll: {args.poll}, " \
-            f"poll_max: {args.poll_max}}}"
+    batch = f"{{window: {args.window}, max_requests: 10000, poll: {args.memory_poll}}}"
     api = FakeAPI(script=script, batch_delay=3600.0).start()
     run = bench_swarm("bpmem", pool_yaml(batch, 10_000), env=api_env(api, "bench"))
     (run.folder / "work").mkdir()
-    out: dict[str, Any] = {"tasks": n, "step": step, "bound": bound}
+    out: dict[str, Any] = {"tasks": n, "step": step, "bound": bound, "batch": batch}
     try:
         run.start(workers=1)
         redis = run.redis()
@@ -342,7 +341,7 @@ def memory_run(n: int, step: int, bound: float, args: argparse.Namespace) -> dic
 def memory_report(mem: dict[str, Any], samples: int) -> str:
     n = mem["tasks"]
     how = ("all at once" if mem["step"] >= n else f"{mem['step']:,} at a time")
-    head = f"### {n:,} tasks submitted {how}\n\n"
+    head = f"### {n:,} tasks submitted {how}, `batch: {mem['batch']}`\n\n"
     if not mem["reached"]:
         return head + (
             f"NOT REACHED within {mem['bound']:g} s: status {mem['status_batches'] or '{}'} "
@@ -398,6 +397,9 @@ def main() -> None:
                         help="requests to have waiting (default 10,000; --small 1,000)")
     parser.add_argument("--step", type=int, default=1000,
                         help="tasks submitted at a time for the memory figure")
+    parser.add_argument("--memory-poll", default="10s",
+                        help="the memory run's batch poll (the pool's default: 10s; each "
+                        "waiting task looks at its checkpoint every max(1 s, 3 x poll))")
     parser.add_argument("--burst-bound", type=float, default=90.0,
                         help="seconds given to all of them submitted at once (0: not tried)")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Claude Code as a worker runtime against the built-in loop: time, CPU, memory and
 request size per task, and how many Claude Code tasks this machine holds at once.
 
-    .venv/bin/python -m bench.claude_code_runtime                  # full size, ~5 min
+    .venv/bin/python -m bench.claude_code_runtime                  # full size, ~6 min
     .venv/bin/python -m bench.claude_code_runtime --small          # a quick look, ~1 min
 
 One swarm, one fake Messages API (tests/harness/fake_api.py, in this process), the same
@@ -35,7 +35,7 @@ metering proxy to the fake.
    messages), the task's own words apart; and what the batch was billed per task
    (input, cache writes, cache reads, output, and dollars from the ledger).
 5. The ramp: Claude Code tasks held in flight on one worker, N = ``--ramp`` (8, 16,
-   32, 64) as in 3: how long until all N CLIs have sent their first call, memory at
+   32, 64, 128) as in 3: how long until all N CLIs have sent their first call, memory at
    that point, time to finish once released. A step is skipped if the previous step's
    memory per task says it would leave less than 3 GiB available, and a step ends
    (released) when all N are in, after ``--hold`` seconds, or if available memory falls
@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import textwrap
@@ -76,6 +77,7 @@ from workers import keys
 
 GiB = 2**30
 TASK = "write out-{n}.txt: hello"
+TASK_RE = re.compile(r"write out-(\d+)\.txt")
 POLL = 0.02
 CLI_MARK = "_bundled/claude"  # in the argv of the CLI and of its sandbox's outer process
 RUNTIMES = {"bi": "built-in", "cc": "claude-code"}
@@ -128,6 +130,9 @@ class Model:
         self.release = threading.Event()
         self._lock = threading.Lock()
         self.arrived = 0  # first calls received while holding
+        # task number -> monotonic times: its first call arrived, its last answer given
+        self.first_call: dict[int, float] = {}
+        self.last_answer: dict[int, float] = {}
 
     def hold(self) -> None:
         with self._lock:
@@ -142,7 +147,14 @@ class Model:
     async def __call__(self, request: Request) -> Reply:
         reply = (claude_code_script(request) if is_claude_code(request)
                  else builtin_script(request))
-        if self.holding and is_first(request):
+        first = is_first(request)
+        if m := TASK_RE.search(json.dumps(request.get("messages"))):
+            number = int(m.group(1))
+            if first:
+                self.first_call.setdefault(number, time.monotonic())
+            elif reply.stop_reason != "tool_use":
+                self.last_answer[number] = time.monotonic()
+        if self.holding and first:
             with self._lock:
                 self.arrived += 1
             deadline = time.monotonic() + self.hold_max
@@ -215,10 +227,10 @@ def children_gone(pid: int, timeout: float = 30.0) -> bool:
 # --- processes: CPU and memory of a worker's tree -----------------------------------
 
 
-def reaped_cpu(pid: int) -> float:
-    """The worker's own CPU seconds plus its reaped children's (and theirs)."""
+def reaped_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds: the worker's own, and its reaped children's (and theirs)."""
     t = psutil.Process(pid).cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
+    return t.user + t.system, t.children_user + t.children_system
 
 
 class Sampler:
@@ -316,7 +328,8 @@ def available() -> int:
 @dataclass
 class Batch:
     wall: float | None
-    cpu: float
+    cpu: float  # worker + reaped children
+    own: float  # the worker process itself
     sampled: float
     done: int
     failed: list[str]
@@ -344,11 +357,12 @@ def run_batch(swarm: SwarmRun, fake: FakeAPI, pool: str, first: int, n: int,
     wall = None if waited is None else time.perf_counter() - t0
     left = not children_gone(pid)
     sampled = sampler.stop()
-    cpu = reaped_cpu(pid) - cpu0
+    own1, children1 = reaped_cpu(pid)
+    own, cpu = own1 - cpu0[0], own1 + children1 - sum(cpu0)
     bill1 = billed_now(fake)
     found = findings(swarm, ids)
     return Batch(
-        wall=wall, cpu=cpu, sampled=sampled,
+        wall=wall, cpu=cpu, own=own, sampled=sampled,
         done=sum(f["status"] == "done" for f in found),
         failed=[f"{f['status']}: {f.get('error')}" for f in found if f["status"] != "done"],
         billed={k: bill1[k] - bill0[k] for k in bill0},
@@ -357,24 +371,30 @@ def run_batch(swarm: SwarmRun, fake: FakeAPI, pool: str, first: int, n: int,
         tree_left=left), ids
 
 
-def singles(swarm: SwarmRun, count: int, first: int) -> dict[str, list[float]]:
-    """One task at a time, each runtime in turn (the first of each untimed: a warm-up)."""
-    times: dict[str, list[float]] = {"bi": [], "cc": []}
+def singles(swarm: SwarmRun, model: Model, count: int,
+            first: int) -> dict[str, dict[str, list[float]]]:
+    """One task at a time, each runtime in turn (the first of each untimed: a warm-up):
+    submit -> result, submit -> its first call at the fake, its last answer -> result."""
+    times: dict[str, dict[str, list[float]]] = {
+        p: {"total": [], "to_first_call": [], "after_answer": []} for p in ("bi", "cc")}
     n = first
     for i in range(count + 1):
         for pool in ("bi", "cc"):
             children_gone(worker_pid(swarm, pool))
-            t0 = time.perf_counter()
+            t0, m0 = time.perf_counter(), time.monotonic()
             [tid] = submit(swarm, pool, [TASK.format(n=n)])
-            n += 1
             waited = wait_results(swarm, [tid], 120)
+            m1 = time.monotonic()
             if waited is None:
                 raise RuntimeError(f"a single {RUNTIMES[pool]} task took over 120 s")
             [f] = findings(swarm, [tid])
             if f["status"] != "done":
                 raise RuntimeError(f"a single {RUNTIMES[pool]} task failed: {f.get('error')}")
             if i:
-                times[pool].append(time.perf_counter() - t0)
+                times[pool]["total"].append(time.perf_counter() - t0)
+                times[pool]["to_first_call"].append(model.first_call[n] - m0)
+                times[pool]["after_answer"].append(m1 - model.last_answer[n])
+            n += 1
     return times
 
 
@@ -416,23 +436,25 @@ def in_flight(swarm: SwarmRun, model: Model, pool: str, n: int, first: int, hold
     ids: list[str] = []
     try:
         ids = submit(swarm, pool, [TASK.format(n=i) for i in range(first, first + n)])
-        settled = 0
+        settled, read_at = 0, 0.0
         while time.perf_counter() - t0 < hold:
-            mem = tree_mem(pid)
-            step.min_available = min(step.min_available, available())
-            if mem.pss > step.peak.pss:
-                step.peak = mem
             if step.all_in is None and model.arrived >= n:
                 step.all_in = time.perf_counter() - t0
-            if step.all_in is not None:
-                settled += 1
-                if settled >= 3:  # three reads with every task waiting on its call
+            if time.perf_counter() - read_at >= 0.5:  # memory every 0.5 s
+                read_at = time.perf_counter()
+                mem = tree_mem(pid)
+                step.min_available = min(step.min_available, available())
+                if mem.pss > step.peak.pss:
+                    step.peak = mem
+                if step.all_in is not None:
+                    settled += 1
+                    if settled >= 3:  # three reads with every task waiting on its call
+                        break
+                if step.min_available < floor:
+                    step.note = (f"stopped: available memory fell to "
+                                 f"{step.min_available / GiB:.1f} GiB")
                     break
-            if step.min_available < floor:
-                step.note = (f"stopped: available memory fell to "
-                             f"{step.min_available / GiB:.1f} GiB")
-                break
-            time.sleep(0.5)
+            time.sleep(0.05)
         step.arrived = model.arrived
         if step.all_in is None and not step.note:
             step.note = f"only {step.arrived} of {n} first calls within {hold:g} s"
@@ -443,7 +465,7 @@ def in_flight(swarm: SwarmRun, model: Model, pool: str, n: int, first: int, hold
     step.finish = None if waited is None else time.perf_counter() - t1
     if not children_gone(pid):
         step.note += " (CLI processes still running 30 s after the results)"
-    step.cpu = reaped_cpu(pid) - cpu0
+    step.cpu = sum(reaped_cpu(pid)) - sum(cpu0)
     found = findings(swarm, ids)
     step.done = sum(f["status"] == "done" for f in found)
     step.failed = [f"{f['status']}: {f.get('error')}" for f in found if f["status"] != "done"]
@@ -462,6 +484,7 @@ class Size:
     total: int
     task_tokens: int
     bytes_: int
+    names: str
 
 
 def first_request_sizes(requests: list[Request], cc: bool, tasks: set[str]) -> list[Size]:
@@ -481,7 +504,8 @@ def first_request_sizes(requests: list[Request], cc: bool, tasks: set[str]) -> l
         system_end = layout.upto(n_tools + n_system - 1)
         sizes.append(Size(n_tools, tools_end, system_end - tools_end,
                           layout.total - system_end, layout.total, len(task) // 4,
-                          len(json.dumps(req))))
+                          len(json.dumps(req)),
+                          ", ".join(str(t.get("name")) for t in req.get("tools") or [])))
     return sizes
 
 
@@ -503,7 +527,9 @@ def mib(num: float) -> str:
 
 
 def secs(s: float | None) -> str:
-    return "-" if s is None else f"{s:.2f} s"
+    if s is None or s != s:
+        return "-"
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
 def main() -> None:
@@ -511,9 +537,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20, help="tasks per runtime at once")
     parser.add_argument("--concurrency", type=int, default=4, help="of the bi and cc pools")
     parser.add_argument("--singles", type=int, default=5, help="single tasks per runtime")
-    parser.add_argument("--ramp", default="8,16,32,64",
+    parser.add_argument("--ramp", default="8,16,32,64,128",
                         help="Claude Code tasks held in flight, one step each")
-    parser.add_argument("--hold", type=float, default=150.0,
+    parser.add_argument("--hold", type=float, default=240.0,
                         help="seconds a ramp step waits for all its first calls")
     parser.add_argument("--floor", type=float, default=2.0,
                         help="GiB of available memory under which a step is ended")
@@ -526,7 +552,6 @@ def main() -> None:
     sigterm_exits()
     print(machine())
     started = time.perf_counter()
-    before = {p.pid for p in psutil.process_iter() if _is_cli(p)}
 
     model = Model(hold_max=args.hold + 30)
     fake = FakeAPI(script=model).start()
@@ -545,7 +570,7 @@ def main() -> None:
         n = 0
 
         print("single tasks ...", file=sys.stderr)
-        single = singles(swarm, args.singles, n)
+        single = singles(swarm, model, args.singles, n)
         n += 2 * (args.singles + 1)
 
         print("batches ...", file=sys.stderr)
@@ -599,10 +624,15 @@ def main() -> None:
         elapsed = time.perf_counter() - started
     finally:
         model.let_go()
+        under = [p for pool in ("bi", "cc", "bi_wide", "cc_wide") for p in _tree(swarm, pool)]
         swarm.stop()
         fake.stop()
     time.sleep(1)
-    stray = [p for p in psutil.process_iter() if _is_cli(p) and p.pid not in before]
+    # ours only: under our workers before the stop, or working in our folder (another
+    # session's Claude Code processes may be running on the machine)
+    stray = [p for p in under if _alive(p)]
+    stray += [p for p in psutil.process_iter() if _is_cli(p) and _in(p, str(swarm.folder))
+              and p.pid not in {q.pid for q in stray}]
     for proc in stray:
         leftovers.append(f"pid {proc.pid} still running after the swarm stopped: "
                          f"{' '.join(proc.cmdline())[:120]}")
@@ -615,6 +645,27 @@ def main() -> None:
            leftovers, load, elapsed)
 
 
+def _tree(swarm: SwarmRun, pool: str) -> list[psutil.Process]:
+    try:
+        return psutil.Process(worker_pid(swarm, pool)).children(recursive=True)
+    except Exception:  # noqa: BLE001 - a swarm that is not answering: nothing to list
+        return []
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _in(proc: psutil.Process, folder: str) -> bool:
+    try:
+        return proc.cwd().startswith(folder)
+    except psutil.Error:
+        return False
+
+
 def _is_cli(proc: psutil.Process) -> bool:
     try:
         return CLI_MARK in " ".join(proc.cmdline())
@@ -622,7 +673,7 @@ def _is_cli(proc: psutil.Process) -> bool:
         return False
 
 
-def report(args: argparse.Namespace, single: dict[str, list[float]],
+def report(args: argparse.Namespace, single: dict[str, dict[str, list[float]]],
            batches: dict[str, Batch], sizes: dict[str, list[Size]], steps: list[Step],
            builtin_steps: list[Step], ledger_ok: bool, total: dict[str, int],
            bill: dict[str, Any], leftovers: list[str], load: MachineLoad,
@@ -636,12 +687,16 @@ def report(args: argparse.Namespace, single: dict[str, list[float]],
 
     print("\n## Per task: Claude Code against the built-in loop\n")
     rows = []
-    s_bi, s_cc = med(single["bi"]), med(single["cc"])
+    s_bi, s_cc = med(single["bi"]["total"]), med(single["cc"]["total"])
     rows.append(["single task, submit -> result (median)", secs(s_bi), secs(s_cc),
                  ratio(s_cc, s_bi)])
     rows.append(["single task, min / max",
-                 f"{min(single['bi']):.2f} / {max(single['bi']):.2f} s",
-                 f"{min(single['cc']):.2f} / {max(single['cc']):.2f} s", ""])
+                 f"{min(single['bi']['total']):.2f} / {max(single['bi']['total']):.2f} s",
+                 f"{min(single['cc']['total']):.2f} / {max(single['cc']['total']):.2f} s", ""])
+    for label, key in (("  submit -> its first API call (median)", "to_first_call"),
+                       ("  its last answer -> result (median)", "after_answer")):
+        a, b = med(single["bi"][key]), med(single["cc"][key])
+        rows.append([label, secs(a), secs(b), ratio(b, a)])
     w_bi = bi.wall / args.batch if bi.wall else None
     w_cc = cc.wall / args.batch if cc.wall else None
     rows.append([f"batch of {args.batch}, wall time", secs(bi.wall), secs(cc.wall),
@@ -653,7 +708,9 @@ def report(args: argparse.Namespace, single: dict[str, list[float]],
     c_bi, c_cc = bi.cpu / args.batch, cc.cpu / args.batch
     rows.append(["CPU per task (worker + reaped children)", f"{c_bi * 1000:.0f} ms",
                  f"{c_cc * 1000:.0f} ms", ratio(c_cc, c_bi)])
-    rows.append(["  of which descendants, sampled live (check)",
+    rows.append(["  of which the worker process itself", f"{bi.own / args.batch * 1000:.0f} ms",
+                 f"{cc.own / args.batch * 1000:.0f} ms", ratio(cc.own, bi.own)])
+    rows.append(["  descendants' own CPU, sampled live every 0.2 s (check)",
                  f"{bi.sampled / args.batch * 1000:.0f} ms",
                  f"{cc.sampled / args.batch * 1000:.0f} ms", ""])
     m_bi = next((s for s in builtin_steps if s.n == min(x.n for x in builtin_steps)), None)
@@ -687,6 +744,7 @@ def report(args: argparse.Namespace, single: dict[str, list[float]],
                      f"{med([z.tool_tokens for z in z_cc]):,.0f} "
                      f"({z_cc[0].tools}) / {med([z.system_tokens for z in z_cc]):,.0f} / "
                      f"{med([z.message_tokens for z in z_cc]):,.0f}", ""])
+        rows.append(["  tools offered", z_bi[0].names, z_cc[0].names, ""])
         rows.append(["  request body, JSON", f"{med([z.bytes_ for z in z_bi]) / 1024:.1f} KiB",
                      f"{med([z.bytes_ for z in z_cc]) / 1024:.1f} KiB",
                      ratio(med([z.bytes_ for z in z_cc]), med([z.bytes_ for z in z_bi]))])

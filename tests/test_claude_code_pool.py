@@ -87,6 +87,12 @@ def test_a_task_writes_a_file_through_claude_code_and_the_ledger_is_the_bill(
     total = assert_ledger_is_the_bill(swarm, fake_api)
     assert total["calls"] == 6
     assert sum(f["cost_nano_usd"] for f in found) == total["nano"] > 0
+    for f in found:  # the CLI's own count agrees with the ledger's
+        assert f["claude_code_cost_usd"] == pytest.approx(f["cost_nano_usd"] / 1e9, abs=1e-9)
+    # the pool's tools, mapped, and no network tool: that is all the model is offered
+    offered = {t["name"] for r in fake_api.received() for t in r.get("tools", [])}
+    assert {"Read", "Write", "Edit", "Glob", "Grep"} <= offered <= {
+        "Read", "Write", "Edit", "MultiEdit", "Glob", "LS", "Grep"}, offered
     assert swarm.redis().hlen(keys.inflight("t")) == 0
     # its config and temp files are in the worker's folder under the state folder
     home = swarm.folder / ".swarm" / "t" / "claude" / "cc-1"
@@ -252,3 +258,25 @@ def test_a_lead_hands_a_task_to_a_claude_code_pool(make_swarm, fake_api, work):
     assert f["files_changed"] == ["lead-made.txt"] and f["tool_calls"] == 1
     assert f["finding_id"] in info["result"]["citations"]
     assert_ledger_is_the_bill(swarm, fake_api)
+
+
+def test_up_says_in_one_line_when_the_claude_code_extra_is_missing(tmp_path):
+    """Without claude-agent-sdk, `swarm up` refuses a claude-code pool and says how to
+    install it; nothing starts."""
+    import subprocess
+
+    from tests.harness.procs import SWARM_CLI, cli_env
+
+    hide = tmp_path / "hide" / "claude_agent_sdk"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "swarm.yaml").write_text(fast_spec(cc_pool()))
+    env = cli_env({"PYTHONPATH": str(tmp_path / "hide")})
+    run = subprocess.run([*SWARM_CLI, "up", "swarm.yaml"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr == (f"swarm: {tmp_path / 'swarm.yaml'}: pools.cc.runtime: runtime: "
+                          "claude-code needs claude-agent-sdk: pip install "
+                          "'swarm[claude-code]'\n")
+    assert not (tmp_path / ".swarm").exists() or not any((tmp_path / ".swarm").iterdir())

@@ -185,6 +185,8 @@ class CodeAgent:
             outcome.turns = int(message.num_turns or 0)
             outcome.stop_reason = message.stop_reason
             outcome.result = str(message.result or "")
+            if message.total_cost_usd is not None:  # what the CLI itself counted
+                outcome.extra["claude_code_cost_usd"] = message.total_cost_usd
             if message.is_error or message.subtype != "success":
                 outcome.status = "failed"
                 said = "; ".join(message.errors or []) or outcome.result or message.subtype
