@@ -61,13 +61,18 @@ def work(tmp_path):
     return tmp_path / "work"
 
 
-def cli_processes() -> list[psutil.Process]:
-    """Claude Code CLIs and what they started, anywhere on the machine."""
+def cli_processes(under: Any) -> list[psutil.Process]:
+    """Claude Code CLIs and what they started, working in the folder ``under`` (the
+    test's own: another swarm on the machine may run CLIs too)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         line = " ".join(proc.info["cmdline"] or [])
         if "_bundled/claude" in line or "swarm-cc-sleep" in line:
-            found.append(proc)
+            try:
+                if proc.cwd().startswith(str(under)):
+                    found.append(proc)
+            except psutil.Error:
+                pass  # gone meanwhile
     return found
 
 
@@ -150,23 +155,23 @@ def test_no_process_outlives_a_killed_worker_a_timeout_or_a_cancel(make_swarm, f
     swarm = make_swarm(fast_spec(cc_pool(extra="tools: {shell: true}\ntask_timeout: 6s\n")),
                        env=api_env(fake_api)).start()
     [killed] = submit(swarm, ["run: sh -c 'sleep 3' swarm-cc-sleep"])
-    wait_for(lambda: cli_processes(), 60, "the Bash tool's shell")
-    first = {p.pid for p in cli_processes()}
+    wait_for(lambda: cli_processes(work), 60, "the Bash tool's shell")
+    first = {p.pid for p in cli_processes(work)}
     os.kill(swarm.worker_pids()["t/" + swarm.status()["host"] + "/cc-1"], signal.SIGKILL)
-    wait_for(lambda: not first & {p.pid for p in cli_processes()}, 10,
+    wait_for(lambda: not first & {p.pid for p in cli_processes(work)}, 10,
              "the killed worker's CLI and shell to be gone")
     wait_for(lambda: finished(swarm, [killed]), 90, "the task, run again")
     [f] = findings_of(swarm, [killed])
     assert f["status"] == "done" and f["generation"] == 2
     [timed_out, cancelled] = submit(swarm, ["run: sh -c 'sleep 60' swarm-cc-sleep",
                                             "run: sh -c 'sleep 61' swarm-cc-sleep"])
-    wait_for(lambda: len(cli_processes()) >= 4, 60, "both tasks' shells")
+    wait_for(lambda: len(cli_processes(work)) >= 4, 60, "both tasks' shells")
     assert swarm.cli("cancel", cancelled).returncode == 0
     wait_for(lambda: finished(swarm, [timed_out, cancelled]), 60, "both to end")
     f_time, f_cancel = findings_of(swarm, [timed_out, cancelled])
     assert f_time["error"] == "task timeout after 6s"
     assert f_cancel["status"] == "cancelled"
-    wait_for(lambda: not cli_processes(), 10, "every CLI and shell to be gone")
+    wait_for(lambda: not cli_processes(work), 10, "every CLI and shell to be gone")
     assert swarm.redis().hlen(keys.inflight("t")) == 0
 
 

@@ -20,6 +20,7 @@ the Claude Code CLI (through claude-agent-sdk), and keeps what makes swarm worth
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -112,6 +113,9 @@ class CodeAgent:
         self.settings = [str(s) for s in list(cfg.claude_code.get("settings") or [])]
         self.missing_key: str | None = None
         self.caller = None  # a librarian's question never comes here
+        # a CLI takes most of a CPU-second to start: a few at a time, or a burst of
+        # tasks starves the worker's own loop (its heartbeat) on a small machine
+        self.starting = asyncio.Semaphore(max(2, os.cpu_count() or 2))
 
     async def start(self) -> None:
         """The metering proxy on loopback, and the sandboxed CLI's wrapper (at boot)."""
@@ -156,12 +160,19 @@ class CodeAgent:
             max_turns=self.cfg.max_turns, env={"ANTHROPIC_API_KEY": token},
             system_prompt=_prompt(appended),
             stderr=lambda line: log.info("task %s: claude: %s", task_id, line[:500]))
+        started = False
+        await self.starting.acquire()
         try:
             async for message in query(prompt=_user_text(task), options=options):
+                if not started:  # its first message: the CLI is up
+                    started = True
+                    self.starting.release()
                 self._read(message, outcome)
         except ClaudeSDKError as exc:
             outcome.status, outcome.error = "failed", f"Claude Code failed: {exc}"[:1000]
         finally:
+            if not started:
+                self.starting.release()
             meter = self.proxy.close_task(token)
             outcome.usage, outcome.calls, outcome.nano = meter.usage, meter.calls, meter.nano
             if meter.refused and outcome.status != "done":
