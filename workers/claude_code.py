@@ -85,6 +85,21 @@ def prepare(cfg: WorkerConfig, proxy_url: str) -> str:
     return wrapper(spec, [cli], str(home) + ".sh")
 
 
+def end_cli(token: str) -> None:
+    """Kill the task's sandbox if it is still there: the SDK leaves its CLI running when
+    the query is cancelled (a timeout, `swarm cancel`). Killing the sandbox's outer
+    process kills its namespace, the CLI and its shells with it. It is the child of
+    this process whose environment holds the task's token."""
+    import psutil
+
+    for child in psutil.Process().children():
+        try:
+            if child.environ().get("ANTHROPIC_API_KEY") == token:
+                child.kill()
+        except psutil.Error:
+            continue  # ended meanwhile, or not ours to read
+
+
 def _prompt(appended: str) -> Any:
     """Claude Code's own system prompt, with the swarm's shared context after it."""
     return {"type": "preset", "preset": "claude_code", **({"append": appended} if appended
@@ -173,6 +188,7 @@ class CodeAgent:
         finally:
             if not started:
                 self.starting.release()
+            end_cli(token)
             meter = self.proxy.close_task(token)
             outcome.usage, outcome.calls, outcome.nano = meter.usage, meter.calls, meter.nano
             if meter.refused and outcome.status != "done":
