@@ -1,12 +1,13 @@
 """Claude Code as a worker runtime against the built-in loop: time, CPU, memory and
 request size per task, and how many Claude Code tasks this machine holds at once.
 
-    .venv/bin/python -m bench.claude_code_runtime                  # full size, ~6 min
-    .venv/bin/python -m bench.claude_code_runtime --small          # a quick look, ~1 min
+    .venv/bin/python -m bench.claude_code_runtime            # full size, 5-8 min
+    .venv/bin/python -m bench.claude_code_runtime --small    # a quick look, ~1 min
+    .venv/bin/python -m bench.claude_code_runtime --keep     # keep the swarm's logs
 
 One swarm, one fake Messages API (tests/harness/fake_api.py, in this process), the same
 model (tests.harness.claude_code.MODEL) and the same task for both runtimes: ``write
-out-N.txt: hello``, which the model does with its write tool (Claude Code's ``Write``,
+out-NNNN.txt: hello``, which the model does with its write tool (Claude Code's ``Write``,
 the built-in loop's ``write_file``), then answers: two API calls per task. Four pools,
 one worker each: ``bi`` (built-in) and ``cc`` (``runtime: claude-code``) at
 ``--concurrency`` (4), and ``bi_wide`` / ``cc_wide`` at the widest step of the ramp.
@@ -27,19 +28,33 @@ metering proxy to the fake.
    The fake API and the supervisor are not counted (the same for both).
 3. Memory per task in flight: the fake holds each task's first call unanswered until
    N tasks have sent theirs (all N CLIs are then up and waiting), the worker's process
-   tree (psutil ``memory_full_info``: RSS and PSS, every descendant) is read a few
-   times, and the peak minus the same worker idle, divided by N, is the cost of a task
-   in flight. Then the calls are released and the tasks finish.
+   tree (psutil ``memory_full_info``: RSS and PSS, every descendant) is read every
+   0.5 s, and the peak minus the same worker idle, divided by N, is the cost of a task
+   in flight; the tree's CPU over 3 s of that wait is what a waiting task burns. Then
+   the calls are released and the tasks finish. The wide pools run one task each
+   first, so their prompts are cached and the built-in loop's cache gate (one first
+   call alone for a prefix new to the worker) does not hold the others back.
 4. Request size: the first request of each task of the batch (no tool_result yet), its
    input tokens as the fake counts them (~4 characters a token: tools, system prompt,
    messages), the task's own words apart; and what the batch was billed per task
    (input, cache writes, cache reads, output, and dollars from the ledger).
 5. The ramp: Claude Code tasks held in flight on one worker, N = ``--ramp`` (8, 16,
    32, 64, 128) as in 3: how long until all N CLIs have sent their first call, memory at
-   that point, time to finish once released. A step is skipped if the previous step's
-   memory per task says it would leave less than 3 GiB available, and a step ends
-   (released) when all N are in, after ``--hold`` seconds, or if available memory falls
-   under 2 GiB. The built-in loop's in-flight memory is read at the widest N too.
+   that point, time to finish once released, the longest the worker's heartbeat went
+   unrenewed (it beats every 2 s, expiry 60 s here; swarm's default expiry is 15 s),
+   and the step's cache writes and dollars per task. A step is skipped if the previous
+   step's memory per task says it would leave less than 3 GiB available, and a step
+   ends (released) when all N are in, after ``--hold`` seconds, or if available memory
+   falls under 2 GiB or the worker is gone (the tasks then go on unheld, and the step
+   reports how many ended done). The built-in loop's in-flight memory is read first, at
+   the smallest and the widest N.
+
+The task numbers have one width (``out-0042.txt``): Claude Code's first system block is
+``x-anthropic-billing-header: cc_version=2.1.332.4ee; ...`` whose last three hex digits
+change with the task's text (``out-0.txt`` and ``out-100.txt`` get different ones), and
+the fake counts that block in the cached prefix, so tasks whose numbers differ in
+length would each write the ~9,500-token prompt to the cache again. Each pool's prompt
+is its own too (it names the workdir's memory folder).
 
 Every wait is bounded; the swarm is stopped and its folder removed at the end, and any
 Claude Code process left running (a CLI or its sandbox) is reported and killed.
@@ -76,7 +91,7 @@ from tests.harness.swarm import SwarmRun, api_env
 from workers import keys
 
 GiB = 2**30
-TASK = "write out-{n}.txt: hello"
+TASK = "write out-{n:04d}.txt: hello"  # one width: see the module's docstring
 TASK_RE = re.compile(r"write out-(\d+)\.txt")
 POLL = 0.02
 CLI_MARK = "_bundled/claude"  # in the argv of the CLI and of its sandbox's outer process
@@ -212,24 +227,41 @@ def worker_pid(swarm: SwarmRun, pool: str) -> int:
 
 
 def children_gone(pid: int, timeout: float = 30.0) -> bool:
-    """Wait (bounded) until the worker has no child process left (every CLI exited)."""
+    """Wait (bounded) until the worker has no child process left (every CLI exited);
+    True at once for a worker that is gone (see :func:`orphans`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if not psutil.Process(pid).children(recursive=True):
                 return True
         except psutil.Error:
-            return False
+            return True
         time.sleep(0.1)
     return False
+
+
+def orphans(swarm: SwarmRun, pool: str) -> list[psutil.Process]:
+    """Claude Code processes (CLI or sandbox) working in this swarm's folder that are not
+    under the pool's current worker: what a killed worker would have left behind."""
+    folder = str(swarm.folder)
+    try:
+        mine = {p.pid for p in psutil.Process(worker_pid(swarm, pool)).children(True)}
+    except Exception:  # noqa: BLE001 - no current worker: every such process is left over
+        mine = set()
+    return [p for p in psutil.process_iter() if p.pid not in mine and _is_cli(p)
+            and _in(p, folder)]
 
 
 # --- processes: CPU and memory of a worker's tree -----------------------------------
 
 
 def reaped_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds: the worker's own, and its reaped children's (and theirs)."""
-    t = psutil.Process(pid).cpu_times()
+    """CPU seconds: the worker's own, and its reaped children's (and theirs); NaN for a
+    worker that is gone."""
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return float("nan"), float("nan")
     return t.user + t.system, t.children_user + t.children_system
 
 
@@ -309,6 +341,23 @@ def tree_mem(pid: int) -> Mem:
     return mem
 
 
+def tree_cpu(pid: int) -> float:
+    """The live tree's own CPU seconds so far (the worker and every descendant)."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def idle_mem(pid: int, reads: int = 3) -> Mem:
     """The idle worker: the smallest of a few reads."""
     found = []
@@ -316,6 +365,41 @@ def idle_mem(pid: int, reads: int = 3) -> Mem:
         found.append(tree_mem(pid))
         time.sleep(0.3)
     return min(found, key=lambda m: m.pss)
+
+
+class BeatWatch:
+    """The longest the worker's heartbeat went unrenewed while watched: its timestamp
+    (``keys.heartbeat``) read every 0.25 s, age = now - the last beat."""
+
+    def __init__(self, swarm: SwarmRun, pool: str) -> None:
+        [self.worker] = [row["worker"] for row in swarm.status()["workers"]
+                         if row["pool"] == pool]
+        target = swarm.state.read_redis()
+        assert target is not None
+        self.client = target.sync(socket_timeout=10)
+        self.longest = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from datetime import datetime
+
+        while not self._done.wait(0.25):
+            try:
+                beat = self.client.get(keys.heartbeat(self.worker))
+            except Exception:  # noqa: BLE001 - Redis busy or gone: try again
+                continue
+            if beat:
+                stamp = beat.decode() if isinstance(beat, bytes) else beat
+                age = time.time() - datetime.fromisoformat(stamp).timestamp()
+                self.longest = max(self.longest, age)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join(5)
+        self.client.close()
+        return self.longest
 
 
 def available() -> int:
@@ -337,6 +421,7 @@ class Batch:
     cost_nano: int
     calls: int
     tree_left: bool
+    silence: float
 
 
 def billed_now(fake: FakeAPI) -> dict[str, int]:
@@ -350,13 +435,13 @@ def run_batch(swarm: SwarmRun, fake: FakeAPI, pool: str, first: int, n: int,
     pid = worker_pid(swarm, pool)
     children_gone(pid)
     cpu0, bill0 = reaped_cpu(pid), billed_now(fake)
-    sampler = Sampler(pid)
+    sampler, beats = Sampler(pid), BeatWatch(swarm, pool)
     t0 = time.perf_counter()
     ids = submit(swarm, pool, [TASK.format(n=i) for i in range(first, first + n)])
     waited = wait_results(swarm, ids, timeout)
     wall = None if waited is None else time.perf_counter() - t0
     left = not children_gone(pid)
-    sampled = sampler.stop()
+    sampled, silence = sampler.stop(), beats.stop()
     own1, children1 = reaped_cpu(pid)
     own, cpu = own1 - cpu0[0], own1 + children1 - sum(cpu0)
     bill1 = billed_now(fake)
@@ -368,7 +453,7 @@ def run_batch(swarm: SwarmRun, fake: FakeAPI, pool: str, first: int, n: int,
         billed={k: bill1[k] - bill0[k] for k in bill0},
         cost_nano=sum(int(f.get("cost_nano_usd") or 0) for f in found),
         calls=sum(int(f.get("api_calls") or 0) for f in found),
-        tree_left=left), ids
+        tree_left=left, silence=silence), ids
 
 
 def singles(swarm: SwarmRun, model: Model, count: int,
@@ -410,6 +495,10 @@ class Step:
     done: int = 0
     failed: list[str] = field(default_factory=list)
     cpu: float = 0.0
+    waiting_cpu: float | None = None  # cores per task, while all N wait on their call
+    silence: float = 0.0  # the longest the worker's heartbeat went unrenewed
+    cost_nano: int = 0
+    cache_write: int = 0
     min_available: int = 0
     note: str = ""
 
@@ -422,17 +511,18 @@ class Step:
         return (self.peak.rss - self.idle.rss) / self.n
 
 
-def in_flight(swarm: SwarmRun, model: Model, pool: str, n: int, first: int, hold: float,
-              floor: int) -> Step:
+def in_flight(swarm: SwarmRun, fake: FakeAPI, model: Model, pool: str, n: int, first: int,
+              hold: float, floor: int) -> Step:
     """``n`` tasks held in flight on ``pool``'s worker (see the module's docstring, 3)."""
     pid = worker_pid(swarm, pool)
     step = Step(RUNTIMES[pool.split("_")[0]], n)
     children_gone(pid)
     step.idle = idle_mem(pid)
-    cpu0 = reaped_cpu(pid)
+    cpu0, bill0 = reaped_cpu(pid), billed_now(fake)
     step.min_available = available()
+    beats = BeatWatch(swarm, pool)
     model.hold()
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     ids: list[str] = []
     try:
         ids = submit(swarm, pool, [TASK.format(n=i) for i in range(first, first + n)])
@@ -448,11 +538,19 @@ def in_flight(swarm: SwarmRun, model: Model, pool: str, n: int, first: int, hold
                     step.peak = mem
                 if step.all_in is not None:
                     settled += 1
-                    if settled >= 3:  # three reads with every task waiting on its call
+                    if settled == 1:
+                        waiting0 = (tree_cpu(pid), time.perf_counter())
+                    if settled >= 7:  # 3 s of reads with every task waiting on its call
+                        used = tree_cpu(pid) - waiting0[0]
+                        step.waiting_cpu = used / (time.perf_counter() - waiting0[1]) / n
                         break
                 if step.min_available < floor:
                     step.note = (f"stopped: available memory fell to "
                                  f"{step.min_available / GiB:.1f} GiB")
+                    break
+                if not psutil.pid_exists(pid):
+                    step.note = (f"released at +{time.perf_counter() - t0:.0f} s: the "
+                                 "worker is gone")
                     break
             time.sleep(0.05)
         step.arrived = model.arrived
@@ -465,10 +563,22 @@ def in_flight(swarm: SwarmRun, model: Model, pool: str, n: int, first: int, hold
     step.finish = None if waited is None else time.perf_counter() - t1
     if not children_gone(pid):
         step.note += " (CLI processes still running 30 s after the results)"
+    if left := orphans(swarm, pool):
+        step.note += f" ({len(left)} Claude Code process(es) left by a replaced worker)"
     step.cpu = sum(reaped_cpu(pid)) - sum(cpu0)
+    step.silence = beats.stop()
+    if not psutil.pid_exists(pid) or worker_pid(swarm, pool) != pid:
+        events = [e for e in swarm.events() if e.get("pool") == pool
+                  and float(e.get("ts", 0)) >= wall0]
+        said = ", ".join(f"{e['kind']} at +{float(e['ts']) - wall0:.0f} s"
+                         + (f" ({e['reason']})" if e.get("reason") else "") for e in events)
+        step.note += f" worker {pid} replaced during the step: {said or 'no event'}"
     found = findings(swarm, ids)
     step.done = sum(f["status"] == "done" for f in found)
     step.failed = [f"{f['status']}: {f.get('error')}" for f in found if f["status"] != "done"]
+    step.cost_nano = sum(int(f.get("cost_nano_usd") or 0) for f in found)
+    step.cache_write = (billed_now(fake)["cache_creation_input_tokens"]
+                        - bill0["cache_creation_input_tokens"])
     return step
 
 
@@ -543,6 +653,8 @@ def main() -> None:
                         help="seconds a ramp step waits for all its first calls")
     parser.add_argument("--floor", type=float, default=2.0,
                         help="GiB of available memory under which a step is ended")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the swarm's folder (logs) and print where it is")
     parser.add_argument("--small", action="store_true",
                         help="--batch 8 --singles 2 --ramp 4,8")
     args = parser.parse_args()
@@ -560,6 +672,7 @@ def main() -> None:
                      pool_yaml("cc", "cc", args.concurrency),
                      pool_yaml("bi_wide", "bi", wide), pool_yaml("cc_wide", "cc", wide)])
     swarm = bench_swarm("ccbench", pools, env=api_env(fake))
+    swarm.remove_folder = not args.keep
     for name in ("bi", "cc", "bi_wide", "cc_wide"):
         (swarm.folder / f"work-{name}").mkdir()
     load = MachineLoad()
@@ -584,7 +697,21 @@ def main() -> None:
             n += args.batch
 
         print("in flight ...", file=sys.stderr)
+        # one task each first: the wide workers' prompts are then cached (a pool's
+        # workdir is in Claude Code's system prompt), and the built-in loop does not
+        # hold its first calls behind the first writer of a prefix new to it
+        warm = [submit(swarm, pool, [TASK.format(n=n + i)])[0]
+                for i, pool in enumerate(("bi_wide", "cc_wide"))]
+        n += 2
+        if wait_results(swarm, warm, 120) is None:
+            raise RuntimeError("the wide pools' warm-up tasks took over 120 s")
         floor = int(args.floor * GiB)
+        builtin_steps = []
+        for size in sorted({min(ramp), wide}):
+            print(f"  built-in x {size} ...", file=sys.stderr)
+            builtin_steps.append(in_flight(swarm, fake, model, "bi_wide", size, n, 60,
+                                           floor))
+            n += size
         steps: list[Step] = []
         per_task = 0.0
         for size in ramp:
@@ -595,17 +722,12 @@ def main() -> None:
                     f"{available() / GiB:.1f} GiB available")))
                 break
             print(f"  claude-code x {size} ...", file=sys.stderr)
-            step = in_flight(swarm, model, "cc_wide", size, n, args.hold, floor)
+            step = in_flight(swarm, fake, model, "cc_wide", size, n, args.hold, floor)
             n += size
             steps.append(step)
             per_task = max(per_task, step.per_task_pss)
             if step.note:
                 break
-        builtin_steps = []
-        for size in sorted({min(ramp), wide}):
-            print(f"  built-in x {size} ...", file=sys.stderr)
-            builtin_steps.append(in_flight(swarm, model, "bi_wide", size, n, 60, floor))
-            n += size
 
         # the ledger against the fake's bill, and what runs under the workers now
         counters = costs.read_counters(swarm.redis(), swarm.name)
@@ -622,6 +744,10 @@ def main() -> None:
                 leftovers.append(f"{pool}: {len(psutil.Process(pid).children(True))} "
                                  "process(es) under the worker after its tasks")
         elapsed = time.perf_counter() - started
+        supervision: dict[str, int] = {}
+        for e in swarm.events():
+            if e["kind"] not in ("swarm_start", "swarm_stop", "swarm_stopped"):
+                supervision[e["kind"]] = supervision.get(e["kind"], 0) + 1
     finally:
         model.let_go()
         under = [p for pool in ("bi", "cc", "bi_wide", "cc_wide") for p in _tree(swarm, pool)]
@@ -634,15 +760,20 @@ def main() -> None:
     stray += [p for p in psutil.process_iter() if _is_cli(p) and _in(p, str(swarm.folder))
               and p.pid not in {q.pid for q in stray}]
     for proc in stray:
-        leftovers.append(f"pid {proc.pid} still running after the swarm stopped: "
-                         f"{' '.join(proc.cmdline())[:120]}")
         try:
+            line = " ".join(proc.cmdline())[:120]
             proc.kill()
         except psutil.Error:
-            pass
+            continue
+        leftovers.append(f"pid {proc.pid} still running after the swarm stopped "
+                         f"(killed): {line}")
 
     report(args, single, batches, sizes, steps, builtin_steps, ledger_ok, total, bill,
            leftovers, load, elapsed)
+    print("supervision events (besides the swarm's start): "
+          + (", ".join(f"{k} x{v}" for k, v in sorted(supervision.items())) or "none"))
+    if args.keep:
+        print(f"swarm folder kept: {swarm.folder}")
 
 
 def _tree(swarm: SwarmRun, pool: str) -> list[psutil.Process]:
@@ -679,7 +810,7 @@ def report(args: argparse.Namespace, single: dict[str, dict[str, list[float]]],
            bill: dict[str, Any], leftovers: list[str], load: MachineLoad,
            elapsed: float) -> None:
     bi, cc = batches["bi"], batches["cc"]
-    print(f"\nsettings: model {MODEL}; task {TASK.format(n='N')!r} (one tool call, then "
+    print(f"\nsettings: model {MODEL}; task 'write out-NNNN.txt: hello' (one tool call, then "
           f"an answer); batch {args.batch} tasks per runtime on one worker at concurrency "
           f"{args.concurrency}; {args.singles} single tasks per runtime (after one "
           f"warm-up); fake API latency 0; whole run {elapsed:.0f} s")
@@ -760,27 +891,34 @@ def report(args: argparse.Namespace, single: dict[str, dict[str, list[float]]],
     d_bi, d_cc = bi.cost_nano / args.batch / 1e9, cc.cost_nano / args.batch / 1e9
     rows.append(["cost per task (ledger)", f"${d_bi:.5f}", f"${d_cc:.5f}", ratio(d_cc, d_bi)])
     rows.append(["tasks done", f"{bi.done}/{args.batch}", f"{cc.done}/{args.batch}", ""])
+    rows.append(["batch: longest heartbeat silence (beat every 2 s)", f"{bi.silence:.1f} s",
+                 f"{cc.silence:.1f} s", ""])
     print(table(["per task", "built-in", "claude-code", "claude-code / built-in"], rows))
 
     print("\n## Claude Code tasks in flight on one worker (first calls held)\n")
     rows = []
     for s in [*steps, *builtin_steps]:
         if not s.peak.pss:
-            rows.append([s.runtime, s.n, "-", "-", "-", "-", "-", "-", "-", "-", s.note])
+            rows.append([s.runtime, str(s.n), *["-"] * 12, s.note])
             continue
         kinds = ", ".join(f"{k} {len(v)} x {mib(statistics.median(v))}"
                           for k, v in sorted(s.peak.by_kind.items()) if k != "worker")
         rows.append([
-            s.runtime, s.n, f"{s.arrived}/{s.n}", secs(s.all_in),
+            s.runtime, str(s.n), f"{s.arrived}/{s.n}", secs(s.all_in),
             f"{s.n / s.all_in:.1f}" if s.all_in else "-",
             f"{mib(s.peak.pss)} / {mib(s.peak.rss)}",
             f"{mib(s.per_task_pss)} / {mib(s.per_task_rss)}",
-            f"{s.cpu / s.n * 1000:.0f} ms", secs(s.finish),
+            f"{s.cpu / s.n * 1000:.0f} ms",
+            "-" if s.waiting_cpu is None else f"{s.waiting_cpu * 100:.2f}%",
+            secs(s.finish), f"{s.silence:.1f} s",
+            f"{s.cache_write / s.n:,.0f} / ${s.cost_nano / s.n / 1e9:.4f}",
             f"{s.done}/{s.n}; min avail {s.min_available / GiB:.1f} GiB",
             "; ".join(x for x in [kinds, s.note] if x)])
     print(table(["runtime", "N", "first calls in", "all N in flight after", "tasks up/s",
                  "worker tree PSS / RSS at peak", "per task PSS / RSS (minus idle)",
-                 "CPU per task", "released -> all done", "done", "processes at peak"],
+                 "CPU per task", "CPU per waiting task (of a core)", "released -> all done",
+                 "longest heartbeat silence",
+                 "cache writes / cost per task", "done", "processes at peak"],
                 rows))
     idle = steps[0].idle if steps and steps[0].peak.pss else None
     if idle:
