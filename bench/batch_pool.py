@@ -2,8 +2,8 @@
 against a standard pool, how many requests a batch gathers, and what a worker holds in
 memory while 10,000 requests wait in batches.
 
-    .venv/bin/python -m bench.batch_pool             # full size, a few minutes
-    .venv/bin/python -m bench.batch_pool --small     # a tenth of it, about a minute
+    .venv/bin/python -m bench.batch_pool             # full size, 6-15 minutes
+    .venv/bin/python -m bench.batch_pool --small     # a tenth of it, 2-3 minutes
 
 1. Dollars. The same work, 1,000 single-turn tasks then 100 tasks of 10 turns (each turn
    but the last writes a file with the write tool), on claude-haiku-4-5 through a
@@ -18,9 +18,12 @@ memory while 10,000 requests wait in batches.
 2. Requests per batch: the fake's own batches (their entries), per workload, checked
    against the worker's log lines "batch ID: N request(s) sent".
 3. Memory: a batch pool, one worker, concurrency 10,000, the fake's batches taking an
-   hour (none ends); 10,000 single-turn tasks submitted, and the worker's RSS read once
-   ``swarm status`` shows all 10,000 requests waiting in batches, against the same
-   worker idle before the tasks came.
+   hour (none ends). 10,000 single-turn tasks submitted at once (given ``--burst-bound``
+   seconds), then, in a new swarm, 1,000 at a time (``--step``), each step once the
+   requests before it wait in batches; once ``swarm status`` shows all 10,000 waiting,
+   the worker's RSS and USS (and Redis's RSS), against the worker idle before the
+   first task. A worker killed meanwhile (as hung) is counted, and its successor
+   measured.
 """
 
 from __future__ import annotations
@@ -305,6 +308,8 @@ def memory_run(n: int, step: int, bound: float, args: argparse.Namespace) -> dic
         out["reached"] = "timeout" not in out
         out["waiting_after_s"] = time.perf_counter() - t0
         out["status_batches"] = dict(seen)
+        now = int(run.status()["workers"][0]["pid"] or 0)  # a successor if it was killed
+        out["same_pid"], pid = now == pid, now
         samples = []
         for _ in range(args.samples):  # a few readings, a second apart
             samples.append(rss_uss(pid))
@@ -320,7 +325,6 @@ def memory_run(n: int, step: int, bound: float, args: argparse.Namespace) -> dic
         view = run.status()
         row = next(r for r in view["workers"] if r["pool"] == POOL)
         out["restarts"], out["state"] = row["restarts"], row["state"]
-        out["same_pid"] = bool(row["pid"]) and int(row["pid"]) == pid
         out["status_tasks"] = {k: v for k, v in view["tasks"].items() if v}
         out["fake_batches"] = [m for _, m in snapshot(api, redis, "bpmem").batches]
         out["log_batches"] = logged_batches(run.folder)
@@ -366,7 +370,8 @@ def memory_report(mem: dict[str, Any], samples: int) -> str:
         f"{mem['request_bytes']:,} bytes of JSON; worker RSS max over {samples} readings "
         f"{mib(mem['rss_max'])}, fds {mem['fds']}, threads {mem['threads']}; state "
         f"{mem['state']}, restarts {mem['restarts']}, killed as hung {len(mem['hangs'])} "
-        f"time(s), same pid {mem['same_pid']}; stop took {mem['stop_s']:.1f} s\n")
+        f"time(s), measured on the worker that was idle: {mem['same_pid']}; stop took "
+        f"{mem['stop_s']:.1f} s\n")
 
 
 # --- the report ---------------------------------------------------------------------------

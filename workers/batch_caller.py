@@ -177,7 +177,9 @@ class BatchCaller:
     async def _wait(self, task_id: str, cid: str, future: asyncio.Future[Result]) -> Result:
         """The result, from the desk here, or (if another worker collected it, or its
         batch is gone) from the checkpoint."""
-        interval = max(1.0, min(60.0, 3 * self.desk.poll))
+        # a fallback (the desk here hands each result over at once): thousands of
+        # tasks wait, so it looks seldom
+        interval = max(30.0, min(300.0, 3 * self.desk.poll))
         while True:
             try:
                 return await asyncio.wait_for(asyncio.shield(future),

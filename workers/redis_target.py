@@ -56,3 +56,13 @@ class RedisTarget:
         import redis.asyncio
 
         return redis.asyncio.Redis.from_url(self.url, **{**self._kwargs(), **extra})
+
+    def aio_bounded(self, max_connections: int, **extra: Any) -> redis.asyncio.Redis:
+        """A client whose callers wait for one of ``max_connections`` connections rather
+        than open one each (10,000 tasks starting at once would open 10,000)."""
+        import redis.asyncio
+
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self.url, max_connections=max_connections, timeout=None,
+            **{**self._kwargs(), **extra})
+        return redis.asyncio.Redis(connection_pool=pool)

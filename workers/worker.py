@@ -91,9 +91,13 @@ class Worker:
         # at 100 and then raise): room for all of them, the heartbeat and the tools
         # (a librarian's questions are not bounded by its concurrency: each one waiting
         # for an identical one's answer polls too)
+        # (a batch pool's thousands of tasks wait their turn for one of 256 instead)
         room = 1024 if cfg.role == "librarian" else 2 * cfg.concurrency + 32
-        self.redis = cfg.redis.aio(socket_timeout=max(1.0, cfg.heartbeat_interval),
-                                   max_connections=room)
+        timeout = max(1.0, cfg.heartbeat_interval)
+        self.redis = (cfg.redis.aio_bounded(256, socket_timeout=timeout) if room > 1024
+                      else cfg.redis.aio(socket_timeout=timeout, max_connections=room))
+        # the beat has its own connections: never queued behind the tasks'
+        self.beat_redis = cfg.redis.aio(socket_timeout=timeout, max_connections=4)
         self.report = Report(cfg, self.redis)
         self.runner: TaskRunner | None = None
         self.jail: Jail | None = None
@@ -141,6 +145,7 @@ class Worker:
             return EXIT_OK
         finally:
             await self.redis.aclose()
+            await self.beat_redis.aclose()
 
     async def _boot(self) -> TaskRunner | None:
         """Reach Redis, run the on_start hook, build the agent, take the lease; the task
@@ -211,7 +216,7 @@ class Worker:
         """The lease, the seed's heartbeat (timestamps that expire) and this worker's own
         report, in one round trip; False if Redis did not take them."""
         now = datetime.now(UTC).isoformat()
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.beat_redis.pipeline(transaction=False)
         pipe.set(self._lease_key, now, px=self._beat_ms)
         pipe.set(self._beat_key, now, px=self._beat_ms)
         pipe.hset(self._status_key, mapping=cast(dict[Any, Any], self.report.fields(now)))
