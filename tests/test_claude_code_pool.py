@@ -14,11 +14,10 @@ from typing import Any
 import psutil
 import pytest
 
-from launcher import costs
 from tests.harness.claude_code import MODEL, claude_code_script
 from tests.harness.fake_api import Faults
 from tests.harness.procs import wait_for
-from tests.harness.swarm import api_env, fast_spec, pool
+from tests.harness.swarm import api_env, fast_spec, findings_of, finished, ledger_is, pool
 from workers import keys
 
 pytest.importorskip("claude_agent_sdk")
@@ -35,24 +34,10 @@ def submit(swarm, texts: list[str], pool_name: str = "cc") -> list[str]:
     return Api(swarm.name, swarm.redis()).submit_many(texts, pool=pool_name)
 
 
-def finished(swarm, ids: list[str]) -> bool:
-    return all(swarm.redis().mget([keys.task_result(i) for i in ids]))
-
-
-def findings_of(swarm, ids: list[str]) -> list[dict[str, Any]]:
-    r = swarm.redis()
-    return [json.loads(r.get(keys.finding(r.get(keys.task_result(i))))) for i in ids]
 
 
 def assert_ledger_is_the_bill(swarm, fake_api) -> dict[str, int]:
-    billed = fake_api.billed()
-    total = costs.read_counters(swarm.redis(), swarm.name)["total"]["*"]
-    assert total["calls"] == billed["responses"]
-    for ours, theirs in (("input", "input_tokens"), ("output", "output_tokens"),
-                         ("cache_write", "cache_creation_input_tokens"),
-                         ("cache_read", "cache_read_input_tokens")):
-        assert total.get(ours, 0) == billed[theirs], ours
-    return total
+    return ledger_is(swarm, fake_api.billed())
 
 
 @pytest.fixture

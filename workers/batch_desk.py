@@ -319,14 +319,14 @@ class Desk:
         """A batch the API no longer knows: each of its requests still in flight is
         counted lost (their fate is unknown), and each task waiting is told."""
         lost: list[tuple[str, dict[str, Any]]] = []
-        async for field, entry in self.redis.hscan_iter(keys.inflight(self.swarm),
-                                                        match="batch|*", count=1000):
+        async for field, entry in self.redis.hscan_iter(
+                keys.inflight(self.swarm), match=batch_scripts.BATCH_CALL + "*", count=1000):
             call = json.loads(entry)
             if call.get("batch") == batch_id:
                 lost.append((field, call))
         for field, call in lost:
             await self.ledger.lose(Call(field, call["task"], int(call["bound"]), 0.0))
-            future = self.waiting.pop(field.removeprefix("batch|"), None)
+            future = self.waiting.pop(field.removeprefix(batch_scripts.BATCH_CALL), None)
             if future is not None:
                 resolve(future, Result("lost", detail=f"batch {batch_id} is gone"))
         k = [keys.batches(self.swarm, self.pool), keys.batch(self.swarm, batch_id)]

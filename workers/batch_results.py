@@ -29,6 +29,7 @@ class Result:
     nano: int | None = None
     detail: str = ""
     scope: str | None = None  # held: the pool whose budget it is (None: the swarm's)
+    at_batch: bool = True  # succeeded: billed at batch rates (its usage's service tier)
 
 
 
@@ -43,7 +44,7 @@ class Settler:
     async def settle(self, items: list[Any]) -> None:
         """Settle a chunk of results: each once, for whoever sent it; then hand each to
         its task if it waits here."""
-        fields = [f"batch|{item.custom_id}" for item in items]
+        fields = [batch_scripts.batch_call(item.custom_id) for item in items]
         entries = await until_redis(lambda: self.redis.hmget(keys.inflight(self.swarm), fields),
                                     "reading batch calls")
         # settled before (results read again: their tasks read their checkpoints), or
@@ -101,7 +102,7 @@ class Settler:
         at_batch = tier in (None, "batch")
         return Result("succeeded", message, usage,
                       self.prices.nano(call["model"], usage, batch=at_batch),
-                      detail="batch" if at_batch else str(tier))
+                      at_batch=at_batch)
 
     @staticmethod
     def _stored(result: Result) -> list[Any]:
@@ -114,7 +115,7 @@ class Settler:
 
     def _record_args(self, field: str, call: dict[str, Any], result: Result,
                      now: float) -> tuple[list[str], list[Any]]:
-        usage, model, at_batch = result.usage, call["model"], result.detail == "batch"
+        usage, model, at_batch = result.usage, call["model"], result.at_batch
         assert usage is not None
         nano = result.nano
         reference = self.ledger.reference

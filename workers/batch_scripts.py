@@ -56,6 +56,13 @@ def reserve_args(swarm: str, pool: str, swarm_cap: int | None, pool_cap: int | N
              ledger_format.field("pool", pool, "nano"), pool, *fields])
 
 
+BATCH_CALL = "batch|"  # a batch request's in-flight field is this and its custom_id (SENT)
+
+
+def batch_call(custom_id: str) -> str:
+    return BATCH_CALL + custom_id
+
+
 # The lines that give back what an in-flight entry (``call``, decoded) reserved.
 _RELEASE = """
 if call.reserved then
@@ -94,7 +101,7 @@ for i = 4, #KEYS do
     local call = cjson.decode(entry)
     call.batch = ARGV[1]
     redis.call('HDEL', KEYS[1], old)
-    redis.call('HSET', KEYS[1], 'batch|' .. cid, cjson.encode(call))
+    redis.call('HSET', KEYS[1], 'batch|' .. cid, cjson.encode(call))  -- BATCH_CALL
   end
   if redis.call('HGET', KEYS[i], 'cid') == cid then
     redis.call('HSET', KEYS[i], 'status', 'sent', 'batch', ARGV[1])

@@ -271,3 +271,33 @@ def api_env(server: Any, key: str = "test-key") -> dict[str, str]:
     """The environment that points a swarm's workers at a fake API."""
     return {"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": key}
 
+
+def finished(swarm: SwarmRun, ids: list[str]) -> bool:
+    """Whether every one of these tasks has its result (``task:{id}:result``)."""
+    from workers import keys
+
+    return all(swarm.redis().mget([keys.task_result(i) for i in ids]))
+
+
+def findings_of(swarm: SwarmRun, ids: list[str]) -> list[dict[str, Any]]:
+    """The findings of these finished tasks, in their order."""
+    import json
+
+    from workers import keys
+
+    r = swarm.redis()
+    return [json.loads(r.get(keys.finding(r.get(keys.task_result(i))))) for i in ids]
+
+
+def ledger_is(swarm: SwarmRun, billed: dict[str, Any]) -> dict[str, int]:
+    """Assert the ledger's totals are ``billed`` (a fake API's ``billed()``, or its
+    ``["batch"]``) to the call and the token; the totals."""
+    from launcher import costs
+
+    total = costs.read_counters(swarm.redis(), swarm.name)["total"]["*"]
+    assert total["calls"] == billed["responses"]
+    for ours, theirs in (("input", "input_tokens"), ("output", "output_tokens"),
+                         ("cache_write", "cache_creation_input_tokens"),
+                         ("cache_read", "cache_read_input_tokens")):
+        assert total.get(ours, 0) == billed[theirs], ours
+    return total
